@@ -14,6 +14,7 @@
 //! * [`sasl`]: PLAIN, LOGIN, SCRAM-SHA-256 and CRAM-MD5 server mechanisms.
 //! * [`config`]: the configuration file, with every default.
 //! * [`lockout`]: failed-authentication accounting per client IP.
+//! * [`net`]: TLS-upgradable streams, connection limits, shutdown, [`Services`].
 //!
 //! ```
 //! use umail_core::Address;
@@ -29,6 +30,7 @@ pub mod directory;
 pub mod filter;
 pub mod lockout;
 pub mod model;
+pub mod net;
 pub mod queue;
 pub mod sasl;
 pub mod store;
@@ -53,3 +55,4 @@ pub use store::{
 pub fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
 }
+pub use net::{ConnectionInfo, ConnectionLimiter, MaybeTlsStream, Services, Shutdown};
