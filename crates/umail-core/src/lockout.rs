@@ -69,14 +69,13 @@ impl AuthLockout {
                 now.duration_since(e.window_start) < window
                     || e.locked_until.is_some_and(|u| now < u + lockout)
             });
-            if entries.len() >= MAX_TRACKED {
-                if let Some(oldest) = entries
+            if entries.len() >= MAX_TRACKED
+                && let Some(oldest) = entries
                     .iter()
                     .min_by_key(|(_, e)| e.window_start)
                     .map(|(k, _)| *k)
-                {
-                    entries.remove(&oldest);
-                }
+            {
+                entries.remove(&oldest);
             }
         }
         let entry = entries.entry(ip).or_insert(Entry {
