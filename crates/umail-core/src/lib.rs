@@ -14,6 +14,7 @@
 //! * [`sasl`]: PLAIN, LOGIN, SCRAM-SHA-256 and CRAM-MD5 server mechanisms.
 //! * [`config`]: the configuration file, with every default.
 //! * [`lockout`]: failed-authentication accounting per client IP.
+//! * [`memory`]: in-memory implementations of the traits, for tests and as models.
 //! * [`net`]: TLS-upgradable streams, connection limits, shutdown, [`Services`].
 //!
 //! ```
@@ -29,6 +30,7 @@ pub mod config;
 pub mod directory;
 pub mod filter;
 pub mod lockout;
+pub mod memory;
 pub mod model;
 pub mod net;
 pub mod queue;
