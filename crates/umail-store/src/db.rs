@@ -1,0 +1,261 @@
+//! Table definitions, record encodings and small typed helpers over redb
+//! read and write transactions.
+//!
+//! Every value that is a structured record is stored as JSON bytes
+//! (`&[u8]`); counters are `u64`; message content is raw bytes.
+
+use std::borrow::Borrow;
+use std::ops::RangeBounds;
+
+use redb::{Key, ReadTransaction, ReadableTable, TableDefinition, Value, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// `domain` → [`crate::DomainInfo`] (JSON).
+pub(crate) const DOMAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("domains");
+/// `alias domain` → `target domain`.
+pub(crate) const DOMAIN_ALIASES: TableDefinition<&str, &str> =
+    TableDefinition::new("domain_aliases");
+/// `(domain, lower-cased local part)` → user record (JSON).
+pub(crate) const USERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("users");
+/// `(domain, lower-cased local part)` → alias record (JSON).
+pub(crate) const ALIASES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("aliases");
+/// `(domain, lower-cased local part)` → list record (JSON).
+pub(crate) const LISTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("lists");
+/// `(domain, department path)` → department record (JSON).
+pub(crate) const DEPARTMENTS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("departments");
+/// `account` → roles (JSON list of `AdminRole`).
+pub(crate) const ADMINS: TableDefinition<&str, &[u8]> = TableDefinition::new("admins");
+
+/// `account` → account record (JSON: mailbox id counter, quota usage).
+pub(crate) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+/// `(account, mailbox id)` → mailbox record (JSON).
+pub(crate) const MAILBOXES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mailboxes");
+/// `(account, mailbox name)` → mailbox id.
+pub(crate) const MAILBOX_NAMES: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("mailbox_names");
+/// `(account, mailbox name)` → 1 for subscribed names.
+pub(crate) const SUBSCRIPTIONS: TableDefinition<(&str, &str), u8> =
+    TableDefinition::new("subscriptions");
+/// `(account, mailbox id, uid)` → message record (JSON).
+pub(crate) const MESSAGES: TableDefinition<(&str, u64, u32), &[u8]> =
+    TableDefinition::new("messages");
+/// `blob id` (blake3 hex) → content.
+pub(crate) const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+/// `blob id` → number of message entries pointing to it.
+pub(crate) const BLOB_REFS: TableDefinition<&str, u64> = TableDefinition::new("blob_refs");
+
+/// `queue id` → queue entry (JSON).
+pub(crate) const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
+/// `queue id` → message content.
+pub(crate) const QUEUE_CONTENT: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_content");
+/// `(next attempt, queue id)` → 1 for entries in `Active` or `Deferred` state.
+pub(crate) const QUEUE_DUE: TableDefinition<(i64, u64), u8> = TableDefinition::new("queue_due");
+
+/// Named counters: `uidvalidity`, `queue_id`, `schema`.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// A storage-level failure (redb or encoding), as text.
+#[derive(Debug, Clone)]
+pub(crate) struct DbErr(pub String);
+
+impl std::fmt::Display for DbErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! db_err_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbErr {
+            fn from(e: $t) -> DbErr {
+                DbErr(e.to_string())
+            }
+        }
+    )*};
+}
+db_err_from!(
+    redb::Error,
+    redb::TableError,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+    serde_json::Error
+);
+
+/// Encodes a record.
+pub(crate) fn enc<T: Serialize>(value: &T) -> Result<Vec<u8>, DbErr> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+/// Decodes a record.
+pub(crate) fn dec<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DbErr> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+/// A transaction to read from: a read transaction, or the writer's write
+/// transaction (which sees its own uncommitted changes).
+#[derive(Clone, Copy)]
+pub(crate) enum Tx<'a> {
+    /// A snapshot.
+    Read(&'a ReadTransaction),
+    /// The current write transaction.
+    Write(&'a WriteTransaction),
+}
+
+macro_rules! with_table {
+    ($tx:expr, $def:expr, |$t:ident| $body:expr) => {
+        match $tx {
+            Tx::Read(r) => {
+                let $t = r.open_table($def)?;
+                $body
+            }
+            Tx::Write(w) => {
+                let $t = w.open_table($def)?;
+                $body
+            }
+        }
+    };
+}
+
+impl<'a> Tx<'a> {
+    /// Reads one value and maps it while the guard is alive.
+    pub(crate) fn get_with<'k, K, V, R>(
+        self,
+        def: TableDefinition<'static, K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+        f: impl FnOnce(V::SelfType<'_>) -> Result<R, DbErr>,
+    ) -> Result<Option<R>, DbErr>
+    where
+        K: Key + 'static,
+        V: Value + 'static,
+    {
+        with_table!(self, def, |t| match t.get(key)? {
+            Some(guard) => Ok(Some(f(guard.value())?)),
+            None => Ok(None),
+        })
+    }
+
+    /// Reads one JSON record.
+    pub(crate) fn get_json<'k, K, T>(
+        self,
+        def: TableDefinition<'static, K, &'static [u8]>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<Option<T>, DbErr>
+    where
+        K: Key + 'static,
+        T: DeserializeOwned,
+    {
+        self.get_with(def, key, |v| dec(v))
+    }
+
+    /// True when the key exists.
+    pub(crate) fn exists<'k, K, V>(
+        self,
+        def: TableDefinition<'static, K, V>,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<bool, DbErr>
+    where
+        K: Key + 'static,
+        V: Value + 'static,
+    {
+        Ok(self.get_with(def, key, |_| Ok(()))?.is_some())
+    }
+
+    /// Visits the entries of a key range in order until `f` returns `false`.
+    pub(crate) fn scan<'r, K, V, KR, F>(
+        self,
+        def: TableDefinition<'static, K, V>,
+        range: impl RangeBounds<KR> + 'r,
+        mut f: F,
+    ) -> Result<(), DbErr>
+    where
+        K: Key + 'static,
+        V: Value + 'static,
+        KR: Borrow<K::SelfType<'r>> + 'r,
+        F: FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<bool, DbErr>,
+    {
+        with_table!(self, def, |t| {
+            for item in t.range(range)? {
+                let (k, v) = item?;
+                if !f(k.value(), v.value())? {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Visits every entry of a table in key order until `f` returns `false`.
+    pub(crate) fn scan_all<K, V, F>(
+        self,
+        def: TableDefinition<'static, K, V>,
+        mut f: F,
+    ) -> Result<(), DbErr>
+    where
+        K: Key + 'static,
+        V: Value + 'static,
+        F: FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<bool, DbErr>,
+    {
+        with_table!(self, def, |t| {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                if !f(k.value(), v.value())? {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// All records whose key starts with `prefix` (a 2-tuple table keyed by
+    /// `(prefix, name)`), with the second key component.
+    pub(crate) fn prefix_json<T: DeserializeOwned>(
+        self,
+        def: TableDefinition<'static, (&'static str, &'static str), &'static [u8]>,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, DbErr> {
+        let mut out = Vec::new();
+        self.scan(def, (prefix, "").., |(p, name), v| {
+            if p != prefix {
+                return Ok(false);
+            }
+            out.push((name.to_string(), dec(v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Reads a named counter (0 when never set).
+    pub(crate) fn meta(self, name: &str) -> Result<u64, DbErr> {
+        Ok(self.get_with(META, name, Ok)?.unwrap_or(0))
+    }
+}
+
+/// Creates every table so read transactions never meet a missing one.
+pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), DbErr> {
+    tx.open_table(DOMAINS)?;
+    tx.open_table(DOMAIN_ALIASES)?;
+    tx.open_table(USERS)?;
+    tx.open_table(ALIASES)?;
+    tx.open_table(LISTS)?;
+    tx.open_table(DEPARTMENTS)?;
+    tx.open_table(ADMINS)?;
+    tx.open_table(ACCOUNTS)?;
+    tx.open_table(MAILBOXES)?;
+    tx.open_table(MAILBOX_NAMES)?;
+    tx.open_table(SUBSCRIPTIONS)?;
+    tx.open_table(MESSAGES)?;
+    tx.open_table(BLOBS)?;
+    tx.open_table(BLOB_REFS)?;
+    tx.open_table(QUEUE)?;
+    tx.open_table(QUEUE_CONTENT)?;
+    tx.open_table(QUEUE_DUE)?;
+    let mut meta = tx.open_table(META)?;
+    if meta.get("schema")?.is_none() {
+        meta.insert("schema", 1u64)?;
+    }
+    Ok(())
+}

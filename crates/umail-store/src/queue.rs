@@ -1,0 +1,150 @@
+//! The durable outbound queue: the `umail_core::QueueStore` implementation.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use umail_core::{
+    Envelope, QueueEntry, QueueError, QueueId, QueueState, QueueStore, RecipientStatus,
+};
+
+use crate::Store;
+use crate::db::{DbErr, QUEUE, QUEUE_CONTENT, QUEUE_DUE, Tx};
+use crate::writer::{Ctx, Fail};
+
+/// Attempt-log lines kept per entry (the oldest are dropped).
+pub const MAX_ATTEMPT_LOG: usize = 50;
+
+fn qerr(e: DbErr) -> QueueError {
+    QueueError::Io(e.0)
+}
+
+fn is_due_state(state: QueueState) -> bool {
+    matches!(state, QueueState::Active | QueueState::Deferred)
+}
+
+fn get_entry(tx: Tx<'_>, id: u64) -> Result<Option<QueueEntry>, DbErr> {
+    tx.get_json(QUEUE, id)
+}
+
+fn put_entry(ctx: &mut Ctx<'_>, entry: &QueueEntry) -> Result<(), DbErr> {
+    ctx.put_json(QUEUE, entry.id.0, entry)?;
+    if is_due_state(entry.state) {
+        ctx.put(QUEUE_DUE, (entry.next_attempt, entry.id.0), 1u8)?;
+    }
+    Ok(())
+}
+
+fn unindex(ctx: &mut Ctx<'_>, entry: &QueueEntry) -> Result<(), DbErr> {
+    ctx.del(QUEUE_DUE, (entry.next_attempt, entry.id.0))?;
+    Ok(())
+}
+
+impl Store {
+    fn queue_read<T>(&self, f: impl FnOnce(Tx<'_>) -> Result<T, DbErr>) -> Result<T, QueueError> {
+        let tx = self.read().map_err(qerr)?;
+        f(Tx::Read(&tx)).map_err(qerr)
+    }
+}
+
+#[async_trait]
+impl QueueStore for Store {
+    async fn enqueue(
+        &self,
+        envelope: Envelope,
+        message: Bytes,
+        now: i64,
+    ) -> Result<QueueId, QueueError> {
+        self.write(qerr, move |ctx| {
+            let id = ctx.next_counter("queue_id")?;
+            let entry = QueueEntry {
+                id: QueueId(id),
+                status: vec![RecipientStatus::Pending; envelope.recipients.len()],
+                envelope: envelope.clone(),
+                state: QueueState::Active,
+                created: now,
+                next_attempt: now,
+                attempts: 0,
+                size: message.len() as u64,
+                log: Vec::new(),
+            };
+            ctx.put(QUEUE_CONTENT, id, message.as_ref())?;
+            put_entry(ctx, &entry)?;
+            tracing::debug!(target: "queue", id = %entry.id, "queued");
+            Ok::<_, Fail<QueueError>>(entry.id)
+        })
+        .await
+    }
+
+    async fn due(&self, now: i64, limit: usize) -> Result<Vec<QueueEntry>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.queue_read(|tx| {
+            let mut ids = Vec::new();
+            tx.scan(QUEUE_DUE, ..=(now, u64::MAX), |(_, id), _| {
+                ids.push(id);
+                Ok(ids.len() < limit)
+            })?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(e) = get_entry(tx, id)?
+                    && is_due_state(e.state)
+                {
+                    out.push(e);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn get(&self, id: QueueId) -> Result<Option<QueueEntry>, QueueError> {
+        self.queue_read(|tx| get_entry(tx, id.0))
+    }
+
+    async fn content(&self, id: QueueId) -> Result<Option<Bytes>, QueueError> {
+        self.queue_read(|tx| tx.get_with(QUEUE_CONTENT, id.0, |v| Ok(Bytes::copy_from_slice(v))))
+    }
+
+    async fn update(&self, entry: &QueueEntry) -> Result<(), QueueError> {
+        let mut entry = entry.clone();
+        if entry.log.len() > MAX_ATTEMPT_LOG {
+            let excess = entry.log.len() - MAX_ATTEMPT_LOG;
+            entry.log.drain(..excess);
+        }
+        self.write(qerr, move |ctx| {
+            let Some(old) = get_entry(ctx.r(), entry.id.0)? else {
+                return Err(Fail::Reject(QueueError::NotFound(entry.id)));
+            };
+            unindex(ctx, &old)?;
+            put_entry(ctx, &entry)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove(&self, id: QueueId) -> Result<(), QueueError> {
+        self.write(qerr, move |ctx| {
+            let Some(old) = get_entry(ctx.r(), id.0)? else {
+                return Err(Fail::Reject(QueueError::NotFound(id)));
+            };
+            unindex(ctx, &old)?;
+            ctx.del(QUEUE, id.0)?;
+            ctx.del(QUEUE_CONTENT, id.0)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self, state: Option<QueueState>) -> Result<Vec<QueueEntry>, QueueError> {
+        self.queue_read(|tx| {
+            let mut out = Vec::new();
+            tx.scan_all(QUEUE, |_, v| {
+                let e: QueueEntry = crate::db::dec(v)?;
+                if state.is_none_or(|s| s == e.state) {
+                    out.push(e);
+                }
+                Ok(true)
+            })?;
+            Ok(out)
+        })
+    }
+}
