@@ -1,0 +1,455 @@
+//! The tokio driver: owns the socket, feeds lines to a [`Session`], performs
+//! its requests against [`Services`] and writes its outputs.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::Instrument;
+use umail_core::config::{Pop3Config, Pop3DeleteAction};
+use umail_core::net::LimitExceeded;
+use umail_core::store::INBOX;
+use umail_core::{
+    ConnectionInfo, MailboxId, MaybeTlsStream, Services, Shutdown, SpecialUse, StoreError, Uid,
+};
+
+use crate::codec::{Line, LineReader, MAX_LINE};
+use crate::session::{
+    OpenError, Output, Reply, Request, Session, SessionConfig, Snapshot, SnapshotEntry,
+};
+
+/// Which listener accepted the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerMode {
+    /// Plain POP3 (port 110) with `STLS` when TLS is configured.
+    Pop3,
+    /// POP3 over implicit TLS (port 995).
+    Pop3s,
+}
+
+/// Counts concurrent sessions per account (`max_sessions_per_user`).
+#[derive(Debug, Default)]
+struct SessionRegistry {
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+/// A held per-account session slot, released on drop.
+#[derive(Debug)]
+pub(crate) struct SessionSlot {
+    registry: Arc<SessionRegistry>,
+    account: String,
+}
+
+impl SessionRegistry {
+    fn try_acquire(self: &Arc<Self>, account: &str, max: usize) -> Option<SessionSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(account.to_string()).or_insert(0);
+        if max != 0 && *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SessionSlot {
+            registry: Arc::clone(self),
+            account: account.to_string(),
+        })
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .registry
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = counts.get_mut(&self.account) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                counts.remove(&self.account);
+            }
+        }
+    }
+}
+
+/// The POP3 server: shared by every connection of the `pop3` and `pop3s`
+/// listeners.
+#[derive(Clone)]
+pub struct Pop3Server {
+    services: Services,
+    config: Pop3Config,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    sessions: Arc<SessionRegistry>,
+}
+
+impl std::fmt::Debug for Pop3Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pop3Server")
+            .field("hostname", &self.services.hostname)
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many bytes are gathered before a write.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+impl Pop3Server {
+    /// A server over `services`. Without `tls`, `STLS` is not offered and
+    /// `pop3s` connections are refused.
+    pub fn new(
+        services: Services,
+        config: Pop3Config,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Pop3Server {
+        Pop3Server {
+            services,
+            config,
+            tls,
+            sessions: Arc::new(SessionRegistry::default()),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Pop3Config {
+        &self.config
+    }
+
+    /// Sessions currently logged in to `account`.
+    pub fn sessions_of(&self, account: &str) -> usize {
+        self.sessions
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(account)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Tells a client that the connection limits are reached and closes.
+    /// On `pop3s` the reply is sent before any TLS handshake, which TLS
+    /// clients see as a failed handshake: the connection still ends.
+    pub async fn refuse_connection<S: AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        reason: LimitExceeded,
+    ) {
+        tracing::info!(target: "pop3", %reason, "connection refused");
+        let reply = crate::codec::err(
+            Some(crate::codec::RespCode::SysTemp),
+            &format!("{reason}; try again later"),
+        );
+        let _ = stream.write_all(&reply).await;
+        let _ = stream.shutdown().await;
+    }
+
+    /// Runs one connection to its end.
+    pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        stream: S,
+        info: ConnectionInfo,
+        mode: ListenerMode,
+        shutdown: Shutdown,
+    ) {
+        let span = tracing::info_span!(
+            target: "pop3",
+            "pop3",
+            session = info.session_id,
+            peer = %info.peer,
+            listener = %info.listener
+        );
+        self.run(stream, info, mode, shutdown)
+            .instrument(span)
+            .await;
+    }
+
+    pub(crate) fn session_config(&self, info: &ConnectionInfo, tls_active: bool) -> SessionConfig {
+        SessionConfig {
+            hostname: self.services.hostname.clone(),
+            peer: info.peer.ip(),
+            tls_active,
+            tls_available: self.tls.is_some(),
+            plaintext_auth_without_tls: self.config.plaintext_auth_without_tls,
+            max_auth_failures: self.config.max_auth_failures,
+            delete_action: self.config.delete_action,
+        }
+    }
+
+    pub(crate) fn new_session(&self, info: &ConnectionInfo, tls_active: bool) -> Session {
+        Session::new(
+            self.session_config(info, tls_active),
+            Arc::clone(&self.services.lockout),
+        )
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        stream: S,
+        info: ConnectionInfo,
+        mode: ListenerMode,
+        mut shutdown: Shutdown,
+    ) {
+        let idle = Duration::from_secs(self.config.idle_timeout_secs.max(1));
+        let mut stream = MaybeTlsStream::Plain(stream);
+        if mode == ListenerMode::Pop3s {
+            let Some(acceptor) = &self.tls else {
+                tracing::warn!(target: "pop3", "pop3s connection but no TLS configured");
+                return;
+            };
+            stream = match tokio::time::timeout(idle, stream.upgrade(acceptor)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(target: "pop3", error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(target: "pop3", "TLS handshake timed out");
+                    return;
+                }
+            };
+        }
+        tracing::debug!(target: "pop3", tls = stream.is_tls(), "session started");
+        let mut session = self.new_session(&info, stream.is_tls());
+        let mut reader = LineReader::new(MAX_LINE);
+        let mut slot: Option<SessionSlot> = None;
+        let mut out: Vec<u8> = Vec::with_capacity(4096);
+        loop {
+            while let Some(request) = session.poll_request() {
+                let reply = self.execute(request, &mut slot).await;
+                session.handle_reply(reply);
+            }
+            let mut start_tls = false;
+            let mut close = false;
+            while let Some(output) = session.poll_output() {
+                let r = match output {
+                    Output::Data(bytes) => {
+                        out.extend_from_slice(&bytes);
+                        Ok(())
+                    }
+                    Output::Message(encoder) => write_message(&mut stream, &mut out, encoder).await,
+                    Output::StartTls => {
+                        start_tls = true;
+                        Ok(())
+                    }
+                    Output::Close => {
+                        close = true;
+                        Ok(())
+                    }
+                };
+                if r.is_err() {
+                    return;
+                }
+            }
+            if close {
+                let _ = flush(&mut stream, &mut out).await;
+                let _ = stream.shutdown().await;
+                tracing::debug!(target: "pop3", "session closed");
+                return;
+            }
+            if start_tls {
+                if flush(&mut stream, &mut out).await.is_err() {
+                    return;
+                }
+                // RFC 2595 §4: anything pipelined after STLS is discarded.
+                reader.clear();
+                let Some(acceptor) = &self.tls else {
+                    return;
+                };
+                stream = match tokio::time::timeout(idle, stream.upgrade(acceptor)).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        tracing::debug!(target: "pop3", "STLS handshake failed");
+                        return;
+                    }
+                };
+                session.handle_tls_established();
+                continue;
+            }
+            match reader.next_line() {
+                Some(Line::Complete(line)) => {
+                    session.handle_line(&line);
+                    continue;
+                }
+                Some(Line::TooLong) => {
+                    session.handle_line_too_long();
+                    continue;
+                }
+                None => {}
+            }
+            if shutdown.is_triggered() {
+                session.handle_shutdown();
+                continue;
+            }
+            if flush(&mut stream, &mut out).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                r = tokio::time::timeout(idle, stream.read_buf(reader.buffer())) => match r {
+                    Err(_) => session.handle_timeout(),
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        // Dropped without QUIT: no UPDATE state, nothing deleted.
+                        tracing::debug!(target: "pop3", "connection dropped");
+                        return;
+                    }
+                    Ok(Ok(_)) => {}
+                },
+                _ = shutdown.wait() => session.handle_shutdown(),
+            }
+        }
+    }
+
+    /// Performs one session request against the services.
+    pub(crate) async fn execute(&self, request: Request, slot: &mut Option<SessionSlot>) -> Reply {
+        let dir = &self.services.directory;
+        let store = &self.services.store;
+        match request {
+            Request::VerifyPassword { username, password } => {
+                Reply::Principal(dir.verify_password(&username, &password).await)
+            }
+            Request::Principal { username } => Reply::Principal(dir.principal(&username).await),
+            Request::ScramCredentials { username } => {
+                Reply::ScramCredentials(dir.scram_credentials(&username).await)
+            }
+            Request::LegacySecret { username } => {
+                Reply::LegacySecret(dir.legacy_secret(&username).await)
+            }
+            Request::OpenMaildrop { account } => {
+                *slot = None;
+                let Some(s) = self
+                    .sessions
+                    .try_acquire(&account, self.config.max_sessions_per_user)
+                else {
+                    return Reply::Maildrop(Err(OpenError::InUse));
+                };
+                match self.snapshot(&account).await {
+                    Ok(snap) => {
+                        *slot = Some(s);
+                        Reply::Maildrop(Ok(snap))
+                    }
+                    Err(e) => Reply::Maildrop(Err(OpenError::Store(e))),
+                }
+            }
+            Request::Fetch {
+                account,
+                mailbox,
+                uid,
+            } => Reply::Content(store.message_content(&account, mailbox, uid).await),
+            Request::Commit {
+                account,
+                mailbox,
+                uids,
+                action,
+            } => Reply::Committed(self.commit(&account, mailbox, &uids, action).await),
+        }
+    }
+
+    async fn snapshot(&self, account: &str) -> Result<Snapshot, StoreError> {
+        let store = &self.services.store;
+        let inbox = match store.mailbox(account, INBOX).await? {
+            Some(m) => m,
+            None => {
+                // First use: listing creates the default mailboxes.
+                store.list_mailboxes(account).await?;
+                store
+                    .mailbox(account, INBOX)
+                    .await?
+                    .ok_or_else(|| StoreError::NoSuchMailbox(INBOX.to_string()))?
+            }
+        };
+        let messages = store
+            .messages(account, inbox.id)
+            .await?
+            .into_iter()
+            .map(|m| SnapshotEntry {
+                uid: m.uid,
+                size: m.size,
+            })
+            .collect();
+        Ok(Snapshot {
+            mailbox: inbox.id,
+            uid_validity: inbox.uid_validity,
+            messages,
+        })
+    }
+
+    // RFC 1939 §6: UPDATE state. Messages another session already removed
+    // are skipped silently.
+    async fn commit(
+        &self,
+        account: &str,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        action: Pop3DeleteAction,
+    ) -> Result<Vec<Uid>, StoreError> {
+        let store = &self.services.store;
+        let present: std::collections::BTreeSet<Uid> = store
+            .messages(account, mailbox)
+            .await?
+            .into_iter()
+            .map(|m| m.uid)
+            .collect();
+        let victims: Vec<Uid> = uids
+            .iter()
+            .copied()
+            .filter(|u| present.contains(u))
+            .collect();
+        if victims.is_empty() {
+            return Ok(Vec::new());
+        }
+        match action {
+            Pop3DeleteAction::Expunge => store.remove(account, mailbox, &victims).await,
+            Pop3DeleteAction::Trash => {
+                let trash = store
+                    .list_mailboxes(account)
+                    .await?
+                    .into_iter()
+                    .find(|m| m.special_use == Some(SpecialUse::Trash))
+                    .map(|m| m.name);
+                let trash = match trash {
+                    Some(name) => name,
+                    None => {
+                        store
+                            .create_mailbox(account, "Trash", Some(SpecialUse::Trash))
+                            .await?
+                            .name
+                    }
+                };
+                let (_, moved) = store
+                    .move_messages(account, mailbox, &victims, &trash)
+                    .await?;
+                Ok(moved.into_iter().map(|(from, _)| from).collect())
+            }
+        }
+    }
+}
+
+async fn flush<W: AsyncWrite + Unpin>(stream: &mut W, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    stream.flush().await
+}
+
+// Streams a message in pieces: small pieces are gathered in `out`, large
+// ones written directly, so no whole extra copy of the message is made.
+async fn write_message<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    out: &mut Vec<u8>,
+    encoder: crate::codec::MessageEncoder,
+) -> io::Result<()> {
+    for piece in encoder {
+        if out.len() + piece.len() > WRITE_BUFFER {
+            stream.write_all(out).await?;
+            out.clear();
+        }
+        if piece.len() >= WRITE_BUFFER / 4 {
+            stream.write_all(&piece).await?;
+        } else {
+            out.extend_from_slice(&piece);
+        }
+    }
+    Ok(())
+}
