@@ -325,3 +325,140 @@ fn try_batch(db: &Database, batch: &mut [Box<dyn Job>]) -> Result<Result<(), DbE
     }
     Ok(tx.commit().map_err(DbErr::from))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Tx, create_tables};
+    use redb::ReadableDatabase;
+
+    fn memory_db() -> Database {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("in-memory database");
+        let tx = db.begin_write().expect("write");
+        create_tables(&tx).expect("tables");
+        tx.commit().expect("commit");
+        db
+    }
+
+    fn counter(db: &Database, name: &str) -> u64 {
+        let tx = db.begin_read().expect("read");
+        Tx::Read(&tx).meta(name).expect("meta")
+    }
+
+    fn set(
+        name: &'static str,
+        value: u64,
+    ) -> impl FnMut(&mut Ctx<'_>) -> Result<u64, Fail<String>> + Send {
+        move |ctx| {
+            ctx.set_counter(name, value)?;
+            Ok(value)
+        }
+    }
+
+    fn to_string(e: DbErr) -> String {
+        e.0
+    }
+
+    #[test]
+    fn batch_commits_once_and_answers_everyone() {
+        let db = memory_db();
+        let feeds = Feeds::default();
+        let (a, mut ra) = job(to_string, set("a", 1));
+        let (b, mut rb) = job(to_string, set("b", 2));
+        run_batch(&db, vec![a, b], &feeds);
+        assert_eq!(ra.try_recv().expect("answer a"), Ok(1));
+        assert_eq!(rb.try_recv().expect("answer b"), Ok(2));
+        assert_eq!((counter(&db, "a"), counter(&db, "b")), (1, 2));
+    }
+
+    #[test]
+    fn a_clean_rejection_leaves_the_batch_alone() {
+        let db = memory_db();
+        let feeds = Feeds::default();
+        let (a, mut ra) = job(to_string, set("a", 1));
+        let (bad, mut rbad) = job(
+            to_string,
+            |_ctx: &mut Ctx<'_>| -> Result<u64, Fail<String>> {
+                Err(Fail::Reject("refused".into()))
+            },
+        );
+        let (c, mut rc) = job(to_string, set("c", 3));
+        run_batch(&db, vec![a, bad, c], &feeds);
+        assert_eq!(ra.try_recv().expect("a"), Ok(1));
+        assert_eq!(rbad.try_recv().expect("bad"), Err("refused".to_string()));
+        assert_eq!(rc.try_recv().expect("c"), Ok(3));
+        assert_eq!((counter(&db, "a"), counter(&db, "c")), (1, 3));
+    }
+
+    #[test]
+    fn a_rejection_after_writing_is_isolated_and_rolled_back() {
+        let db = memory_db();
+        let feeds = Feeds::default();
+        let (a, mut ra) = job(to_string, set("a", 1));
+        let (bad, mut rbad) = job(
+            to_string,
+            |ctx: &mut Ctx<'_>| -> Result<u64, Fail<String>> {
+                ctx.set_counter("half", 7)?;
+                Err(Fail::Reject("refused late".into()))
+            },
+        );
+        let (panics, mut rp) = job(
+            to_string,
+            |ctx: &mut Ctx<'_>| -> Result<u64, Fail<String>> {
+                ctx.set_counter("boom", 9)?;
+                panic!("bug in an operation");
+            },
+        );
+        let (c, mut rc) = job(to_string, set("c", 3));
+        run_batch(&db, vec![a, bad, panics, c], &feeds);
+        assert_eq!(ra.try_recv().expect("a"), Ok(1));
+        assert_eq!(
+            rbad.try_recv().expect("bad"),
+            Err("refused late".to_string())
+        );
+        assert!(rp.try_recv().expect("panicking job answered").is_err());
+        assert_eq!(rc.try_recv().expect("c"), Ok(3));
+        assert_eq!(counter(&db, "half"), 0, "the late rejection wrote nothing");
+        assert_eq!(
+            counter(&db, "boom"),
+            0,
+            "the panicking operation wrote nothing"
+        );
+        assert_eq!((counter(&db, "a"), counter(&db, "c")), (1, 3));
+    }
+
+    #[test]
+    fn feed_events_are_published_only_after_commit() {
+        let db = memory_db();
+        let feeds = Feeds::default();
+        let mut rx = feeds.subscribe("a@example.com", 1);
+        let (ok, _r1) = job(to_string, |ctx: &mut Ctx<'_>| -> Result<(), Fail<String>> {
+            ctx.set_counter("x", 1)?;
+            ctx.publish(
+                "a@example.com",
+                1,
+                MailboxChange::Added { uid: 1, modseq: 2 },
+            );
+            Ok(())
+        });
+        let (bad, _r2) = job(to_string, |ctx: &mut Ctx<'_>| -> Result<(), Fail<String>> {
+            ctx.publish(
+                "a@example.com",
+                1,
+                MailboxChange::Added { uid: 2, modseq: 3 },
+            );
+            Err(Fail::Reject("no".into()))
+        });
+        run_batch(&db, vec![ok, bad], &feeds);
+        assert_eq!(
+            rx.try_recv().expect("one event"),
+            MailboxChange::Added { uid: 1, modseq: 2 }
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "the refused operation published nothing"
+        );
+    }
+}
