@@ -12,7 +12,11 @@
 //!   [`codec::MessageEncoder`];
 //! * [`session`]: the state machine ([`session::Session`]): `handle_*` for
 //!   input, `poll_*` for requests to the directory/store and for output;
-//! * [`server`]: the thin tokio driver ([`Pop3Server`]).
+//! * [`server`]: the thin tokio driver ([`Pop3Server`]);
+//! * [`client`]: a POP3 client (sans-IO response parsing plus a tokio
+//!   driver with implicit TLS or `STLS`);
+//! * [`collect`]: MultiPOP and DomainPOP collection over that client, with
+//!   UIDL tracking in a [`collect::CollectionState`].
 //!
 //! The maildrop is INBOX. A session sees a snapshot of INBOX taken at
 //! login; `DELE` only marks, and the marked messages are removed (or moved
@@ -31,7 +35,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod codec;
+pub mod collect;
 pub mod server;
 pub mod session;
 
