@@ -259,3 +259,46 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), DbErr> {
     }
     Ok(())
 }
+
+fn copy_table<K, V>(
+    src: &ReadTransaction,
+    dst: &WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+) -> Result<u64, DbErr>
+where
+    K: Key + 'static,
+    V: Value + 'static,
+{
+    let from = src.open_table(def)?;
+    let mut to = dst.open_table(def)?;
+    let mut n = 0;
+    for item in from.iter()? {
+        let (k, v) = item?;
+        to.insert(k.value(), v.value())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Copies every table of a snapshot into an (empty) write transaction;
+/// returns the number of entries copied.
+pub(crate) fn copy_all(src: &ReadTransaction, dst: &WriteTransaction) -> Result<u64, DbErr> {
+    Ok(copy_table(src, dst, DOMAINS)?
+        + copy_table(src, dst, DOMAIN_ALIASES)?
+        + copy_table(src, dst, USERS)?
+        + copy_table(src, dst, ALIASES)?
+        + copy_table(src, dst, LISTS)?
+        + copy_table(src, dst, DEPARTMENTS)?
+        + copy_table(src, dst, ADMINS)?
+        + copy_table(src, dst, ACCOUNTS)?
+        + copy_table(src, dst, MAILBOXES)?
+        + copy_table(src, dst, MAILBOX_NAMES)?
+        + copy_table(src, dst, SUBSCRIPTIONS)?
+        + copy_table(src, dst, MESSAGES)?
+        + copy_table(src, dst, BLOBS)?
+        + copy_table(src, dst, BLOB_REFS)?
+        + copy_table(src, dst, QUEUE)?
+        + copy_table(src, dst, QUEUE_CONTENT)?
+        + copy_table(src, dst, QUEUE_DUE)?
+        + copy_table(src, dst, META)?)
+}

@@ -205,6 +205,22 @@ impl Store {
         Ok(self.inner.db.begin_read()?)
     }
 
+    /// Runs a larger read (whole mailboxes, message bodies) on tokio's
+    /// blocking pool so it does not hold up an async worker thread.
+    async fn read_blocking<T, F>(&self, f: F) -> Result<T, DbErr>
+    where
+        T: Send + 'static,
+        F: FnOnce(db::Tx<'_>) -> Result<T, DbErr> + Send + 'static,
+    {
+        let db = Arc::clone(&self.inner.db);
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read()?;
+            f(db::Tx::Read(&tx))
+        })
+        .await
+        .map_err(|e| DbErr(format!("read task failed: {e}")))?
+    }
+
     /// Sends an operation to the writer and waits for its committed answer.
     async fn write<T, E, F>(&self, to_err: fn(DbErr) -> E, f: F) -> Result<T, E>
     where
@@ -224,6 +240,51 @@ impl Store {
             Ok(result) => result,
             Err(_) => Err(to_err(DbErr("the store writer stopped".into()))),
         }
+    }
+}
+
+/// What [`Store::backup`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupStats {
+    /// Table entries copied.
+    pub entries: u64,
+    /// Size of the backup file in bytes.
+    pub bytes: u64,
+}
+
+impl Store {
+    /// Writes a consistent copy of the whole database (one read snapshot,
+    /// taken without stopping writers) to a new database file at `dest`,
+    /// committed durably. `dest` must not exist. To restore, stop the
+    /// server and put the backup file in place of the database file (it is
+    /// an ordinary store file; [`Store::check_invariants`] can verify it).
+    pub async fn backup(&self, dest: impl AsRef<Path>) -> Result<BackupStats, AdminError> {
+        let dest = dest.as_ref().to_path_buf();
+        if dest.exists() {
+            return Err(AdminError::AlreadyExists(dest.display().to_string()));
+        }
+        let db = Arc::clone(&self.inner.db);
+        tokio::task::spawn_blocking(move || -> Result<BackupStats, AdminError> {
+            let fail = |e: DbErr| AdminError::Storage(e.0);
+            let snapshot = db.begin_read().map_err(|e| fail(e.into()))?;
+            if let Some(parent) = dest.parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| AdminError::Storage(e.to_string()))?;
+            }
+            let copy = Database::create(&dest).map_err(|e| AdminError::Storage(e.to_string()))?;
+            let tx = copy.begin_write().map_err(|e| fail(e.into()))?;
+            let entries = db::copy_all(&snapshot, &tx).map_err(fail)?;
+            tx.commit().map_err(|e| fail(e.into()))?;
+            drop(copy);
+            let bytes = std::fs::metadata(&dest)
+                .map(|m| m.len())
+                .map_err(|e| AdminError::Storage(e.to_string()))?;
+            tracing::info!(target: "admin", dest = %dest.display(), entries, bytes, "backup written");
+            Ok(BackupStats { entries, bytes })
+        })
+        .await
+        .map_err(|e| AdminError::Storage(format!("backup task failed: {e}")))?
     }
 }
 

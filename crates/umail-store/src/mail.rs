@@ -806,7 +806,7 @@ impl MailStore for Store {
         mailbox: MailboxId,
     ) -> Result<Vec<MessageMeta>, StoreError> {
         let account = normalize_account(account);
-        self.mail_read(|tx| {
+        self.read_blocking(move |tx| {
             if get_mailbox(tx, &account, mailbox)?.is_none() {
                 return Ok(None);
             }
@@ -823,7 +823,9 @@ impl MailStore for Store {
                     })
                     .collect(),
             ))
-        })?
+        })
+        .await
+        .map_err(io)?
         .ok_or_else(|| StoreError::NoSuchMailbox(format!("#{mailbox}")))
     }
 
@@ -834,7 +836,7 @@ impl MailStore for Store {
         uid: Uid,
     ) -> Result<Option<Bytes>, StoreError> {
         let account = normalize_account(account);
-        self.mail_read(|tx| {
+        self.read_blocking(move |tx| {
             let Some(entry) = get_message(tx, &account, mailbox, uid)? else {
                 return Ok(None);
             };
@@ -845,6 +847,8 @@ impl MailStore for Store {
                 None => Err(DbErr(format!("blob {} is missing", entry.blob))),
             }
         })
+        .await
+        .map_err(io)
     }
 
     async fn update_flags(

@@ -101,7 +101,11 @@ impl QueueStore for Store {
     }
 
     async fn content(&self, id: QueueId) -> Result<Option<Bytes>, QueueError> {
-        self.queue_read(|tx| tx.get_with(QUEUE_CONTENT, id.0, |v| Ok(Bytes::copy_from_slice(v))))
+        self.read_blocking(move |tx| {
+            tx.get_with(QUEUE_CONTENT, id.0, |v| Ok(Bytes::copy_from_slice(v)))
+        })
+        .await
+        .map_err(qerr)
     }
 
     async fn update(&self, entry: &QueueEntry) -> Result<(), QueueError> {

@@ -1310,3 +1310,53 @@ async fn second_open_is_locked_and_data_survives_reopen() {
     );
     store.check_invariants().unwrap();
 }
+
+// ----- backup -----
+
+#[tokio::test]
+async fn backup_is_a_consistent_openable_copy() {
+    let store = store_with(&["example.com"]).await;
+    user(&store, "alice@example.com").await;
+    store
+        .append(
+            "alice@example.com",
+            "INBOX",
+            bytes::Bytes::from_static(b"Subject: keep\r\n\r\nme\r\n"),
+            Default::default(),
+            5,
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("backup").join("umail.redb");
+    let stats = store.backup(&dest).await.unwrap();
+    assert!(stats.entries > 10 && stats.bytes > 0);
+    assert!(matches!(
+        store.backup(&dest).await,
+        Err(AdminError::AlreadyExists(_))
+    ));
+    // Changes after the backup are not in it.
+    user(&store, "bob@example.com").await;
+
+    let copy = Store::open(&dest).unwrap();
+    copy.check_invariants().unwrap();
+    assert!(copy.get_user(&a("alice@example.com")).unwrap().is_some());
+    assert!(copy.get_user(&a("bob@example.com")).unwrap().is_none());
+    assert!(
+        copy.verify_password("alice@example.com", "correct horse")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let inbox = copy
+        .mailbox("alice@example.com", "INBOX")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        copy.message_content("alice@example.com", inbox.id, 1)
+            .await
+            .unwrap(),
+        Some(bytes::Bytes::from_static(b"Subject: keep\r\n\r\nme\r\n"))
+    );
+}
