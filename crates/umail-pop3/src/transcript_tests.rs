@@ -495,6 +495,61 @@ async fn pop3_not_allowed_and_frozen() {
         "-ERR [AUTH] POP3 access is not enabled for this account\r\n"
     );
     assert!(!c.session.is_authenticated());
+    env.dir
+        .update_user(ALICE, |p| p.status = umail_core::AccountStatus::Frozen);
+    let mut c = env.client(false, false);
+    c.cmd("USER alice@example.com").await;
+    assert_eq!(
+        c.cmd("PASS secret").await,
+        "-ERR [AUTH] authentication failed\r\n"
+    );
+    assert!(!c.session.is_authenticated());
+}
+
+/// Deterministic mutations of the corpus seeds through the fuzzing entry
+/// point: no input may panic the parser or the state machine.
+#[test]
+fn fuzz_smoke_mutations() {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/pop3_command");
+    let seeds: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .expect("corpus")
+        .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+        .collect();
+    assert!(!seeds.is_empty());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..3000 {
+        let mut data = seeds[i % seeds.len()].clone();
+        for _ in 0..(next() % 8) {
+            let r = next();
+            if data.is_empty() {
+                data.push(r as u8);
+                continue;
+            }
+            let at = (r >> 8) as usize % data.len();
+            match r % 4 {
+                0 => data[at] = (r >> 32) as u8,
+                1 => data.insert(at, {
+                    let alphabet = b"\r\n. *=+";
+                    alphabet[(r >> 40) as usize % alphabet.len()]
+                }),
+                2 => {
+                    data.remove(at);
+                }
+                _ => {
+                    let other = &seeds[(r >> 16) as usize % seeds.len()];
+                    data.extend_from_slice(other);
+                }
+            }
+        }
+        crate::fuzz_command(&data);
+    }
 }
 
 #[tokio::test]
