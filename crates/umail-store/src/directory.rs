@@ -1670,6 +1670,119 @@ impl Store {
         .await
     }
 
+    /// Renames a department (its last path component). Sub-departments,
+    /// users' department paths and department-administrator roles follow.
+    pub async fn rename_department(
+        &self,
+        domain: &Domain,
+        path: &str,
+        new_name: &str,
+    ) -> Result<DepartmentInfo, AdminError> {
+        validate_dept_name(new_name)?;
+        let domain = domain.clone();
+        let path = path.to_string();
+        let new_name = new_name.to_string();
+        self.admin_write(move |ctx| {
+            let d = domain.as_str();
+            let Some(rec) = ctx
+                .r()
+                .get_json::<_, DeptRec>(DEPARTMENTS, (d, path.as_str()))?
+            else {
+                return reject(AdminError::NotFound(format!(
+                    "department {path} in {domain}"
+                )));
+            };
+            let new_path = match &rec.parent {
+                Some(p) => format!("{p}/{new_name}"),
+                None => new_name.clone(),
+            };
+            if new_path == path {
+                return Ok(dept_info(&domain, path.clone(), rec));
+            }
+            if department_exists(ctx.r(), d, &new_path)? {
+                return reject(AdminError::AlreadyExists(format!(
+                    "department {new_path} in {domain}"
+                )));
+            }
+            let child_prefix = format!("{path}/");
+            let repath = |p: &str| -> Option<String> {
+                if p == path {
+                    Some(new_path.clone())
+                } else {
+                    p.strip_prefix(&child_prefix)
+                        .map(|rest| format!("{new_path}/{rest}"))
+                }
+            };
+            let moved: Vec<(String, DeptRec)> = ctx
+                .r()
+                .prefix_json::<DeptRec>(DEPARTMENTS, d)?
+                .into_iter()
+                .filter(|(p, _)| repath(p).is_some())
+                .collect();
+            for (old, _) in &moved {
+                ctx.del(DEPARTMENTS, (d, old.as_str()))?;
+            }
+            let mut renamed = None;
+            for (old, mut r) in moved {
+                let Some(new) = repath(&old) else { continue };
+                if old == path {
+                    r.name = new_name.clone();
+                } else {
+                    r.parent = r.parent.as_deref().and_then(&repath);
+                }
+                ctx.put_json(DEPARTMENTS, (d, new.as_str()), &r)?;
+                if old == path {
+                    renamed = Some(dept_info(&domain, new, r));
+                }
+            }
+            for mut u in users_of(ctx.r(), d)? {
+                if let Some(new) = u.department.as_deref().and_then(&repath) {
+                    u.department = Some(new);
+                    put_user(ctx, &u)?;
+                }
+            }
+            let mut roles = Vec::new();
+            ctx.r().scan_all(ADMINS, |k, v| {
+                roles.push((k.to_string(), crate::db::dec::<Vec<AdminRole>>(v)?));
+                Ok(true)
+            })?;
+            for (account, r) in roles {
+                let mut changed = false;
+                let r: BTreeSet<AdminRole> = r
+                    .into_iter()
+                    .map(|x| match x {
+                        AdminRole::Department {
+                            domain: rd,
+                            department,
+                        } if rd == domain => match repath(&department) {
+                            Some(new) => {
+                                changed = true;
+                                AdminRole::Department {
+                                    domain: rd,
+                                    department: new,
+                                }
+                            }
+                            None => AdminRole::Department {
+                                domain: rd,
+                                department,
+                            },
+                        },
+                        other => other,
+                    })
+                    .collect();
+                if changed {
+                    let r: Vec<AdminRole> = r.into_iter().collect();
+                    ctx.put_json(ADMINS, account.as_str(), &r)?;
+                }
+            }
+            match renamed {
+                Some(info) => Ok(info),
+                None => Err(Fail::Db(DbErr("renamed department vanished".into()))),
+            }
+        })
+        .await
+    }
+
     /// Removes a department: its users stay and lose their department, and
     /// department-administrator roles for it are revoked. Refused with
     /// `InUse` while it has sub-departments.

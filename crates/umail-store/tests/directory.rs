@@ -1360,3 +1360,97 @@ async fn backup_is_a_consistent_openable_copy() {
         Some(bytes::Bytes::from_static(b"Subject: keep\r\n\r\nme\r\n"))
     );
 }
+
+#[tokio::test]
+async fn department_rename_moves_children_users_and_roles() {
+    let store = store_with(&["example.com"]).await;
+    user(&store, "alice@example.com").await;
+    let dom = d("example.com");
+    let dept = |name: &str, parent: Option<&str>| NewDepartment {
+        name: name.into(),
+        parent: parent.map(str::to_string),
+        order: 0,
+        leader: None,
+    };
+    store
+        .add_department(&dom, dept("Sales", None))
+        .await
+        .unwrap();
+    store
+        .add_department(&dom, dept("North", Some("Sales")))
+        .await
+        .unwrap();
+    store
+        .add_department(&dom, dept("Deep", Some("Sales/North")))
+        .await
+        .unwrap();
+    store
+        .add_department(&dom, dept("Support", None))
+        .await
+        .unwrap();
+    store
+        .update_user(
+            &a("alice@example.com"),
+            UserUpdate {
+                department: Some(Some("Sales/North/Deep".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .grant_role(
+            &a("alice@example.com"),
+            AdminRole::Department {
+                domain: dom.clone(),
+                department: "Sales/North".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.rename_department(&dom, "Sales", "Support").await,
+        Err(AdminError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.rename_department(&dom, "Nope", "X").await,
+        Err(AdminError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.rename_department(&dom, "Sales", "a/b").await,
+        Err(AdminError::Invalid(_))
+    ));
+    let info = store
+        .rename_department(&dom, "Sales", "Market")
+        .await
+        .unwrap();
+    assert_eq!(info.path, "Market");
+    let paths: Vec<(String, Option<String>)> = store
+        .list_departments(&dom)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.path, d.parent))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            ("Market".to_string(), None),
+            ("Market/North".to_string(), Some("Market".to_string())),
+            (
+                "Market/North/Deep".to_string(),
+                Some("Market/North".to_string())
+            ),
+            ("Support".to_string(), None),
+        ]
+    );
+    let alice = store.get_user(&a("alice@example.com")).unwrap().unwrap();
+    assert_eq!(alice.department.as_deref(), Some("Market/North/Deep"));
+    assert_eq!(
+        alice.roles,
+        vec![AdminRole::Department {
+            domain: dom.clone(),
+            department: "Market/North".into()
+        }]
+    );
+    store.check_invariants().unwrap();
+}

@@ -722,3 +722,43 @@ async fn a_failing_operation_does_not_affect_its_batch() {
     assert_eq!(store.quota_usage(BOB).await.unwrap().messages, 0);
     store.check_invariants().unwrap();
 }
+
+/// An operation that wrote (first-use mailbox creation) and then failed is
+/// rolled back alone; the operations batched with it commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_after_first_use_setup_is_rolled_back_alone() {
+    let store = setup().await;
+    store.list_mailboxes(ALICE).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..30 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            if i == 15 {
+                // Bob has never been used: the store creates his mailboxes,
+                // then finds no mailbox "Nope".
+                store
+                    .append(BOB, "Nope", msg("lost"), Flags::new(), 0)
+                    .await
+                    .map(|_| ())
+            } else {
+                store
+                    .append(ALICE, "INBOX", msg(&format!("m{i}")), Flags::new(), 0)
+                    .await
+                    .map(|_| ())
+            }
+        }));
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        let r = h.await.unwrap();
+        if i == 15 {
+            assert!(matches!(r, Err(StoreError::NoSuchMailbox(_))), "{r:?}");
+        } else {
+            r.unwrap();
+        }
+    }
+    assert_eq!(store.quota_usage(ALICE).await.unwrap().messages, 29);
+    store.check_invariants().unwrap();
+    // Bob's first use still works afterwards.
+    assert_eq!(store.list_mailboxes(BOB).await.unwrap().len(), 6);
+    store.check_invariants().unwrap();
+}
