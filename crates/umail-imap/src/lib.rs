@@ -1,10 +1,28 @@
 //! # umail-imap
 //!
-//! An IMAP4rev2 (RFC 9051) and IMAP4rev1 (RFC 3501) server over
-//! [`umail_core::MailStore`].
+//! An IMAP4rev2 (RFC 9051) and IMAP4rev1 (RFC 3501) server over the
+//! [`umail_core::MailStore`] and [`umail_core::Directory`] traits.
 //!
-//! * [`codec`]: the sans-IO framer, command parser and response encoder.
+//! The crate follows the sans-IO shape of the workspace:
+//!
+//! * [`codec`]: framer (lines, literals, continuation requests, bounds),
+//!   command parser and response encoder; no IO. [`codec::fuzz_command`]
+//!   is the fuzzing entry point.
+//! * [`session`]: the protocol state machine. It takes framed input and
+//!   produces output bytes; it calls the store and directory traits but
+//!   never a socket.
+//! * [`mime`]: BODYSTRUCTURE, ENVELOPE and body sections of stored messages.
+//! * [`search`]: SEARCH evaluation on MIME-decoded text (GB2312/GBK/Big5
+//!   aware through mail-parser).
+//! * [`server`]: the tokio driver — [`ImapServer::serve_connection`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod mime;
+pub mod search;
+pub mod server;
+pub mod session;
+
+pub use server::{ImapServer, ListenerMode};
+pub use session::{Action, InputMode, Session, SessionState};
