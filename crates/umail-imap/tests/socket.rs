@@ -1,0 +1,257 @@
+//! Socket-level tests: the tokio driver on 127.0.0.1:0 with in-memory
+//! services and a self-signed certificate, driven by Python's `imaplib`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use umail_core::config::ImapConfig;
+use umail_core::net::shutdown_channel;
+use umail_core::{ConnectionInfo, Shutdown};
+use umail_imap::{ImapServer, ListenerMode};
+
+fn acceptor() -> tokio_rustls::TlsAcceptor {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn start(env: &common::Env, config: ImapConfig, shutdown: Shutdown) -> SocketAddr {
+    let server = ImapServer::new(env.services.clone(), config, Some(acceptor()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut id = 0;
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                return;
+            };
+            id += 1;
+            let server = server.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let info = ConnectionInfo {
+                    session_id: id,
+                    peer,
+                    local: addr,
+                    listener: "imap".into(),
+                };
+                server
+                    .serve_connection(stream, info, ListenerMode::Imap, shutdown)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+const SCRIPT: &str = r#"
+import imaplib, ssl, sys
+imaplib.Commands['MOVE'] = ('SELECTED',)
+port = int(sys.argv[1])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+
+def conn():
+    m = imaplib.IMAP4("127.0.0.1", port)
+    assert "LOGINDISABLED" in m.capabilities, m.capabilities
+    m.starttls(ssl_context=ctx)
+    assert "AUTH=PLAIN" in m.capabilities, m.capabilities
+    typ, _ = m.login("alice@example.com", "secret")
+    assert typ == "OK"
+    return m
+
+a = conn()
+typ, data = a.select("INBOX")
+assert typ == "OK" and data == [b"0"], data
+msg = b"From: Bob <bob@example.org>\r\nSubject: hello imaplib\r\n\r\nbody text\r\n"
+typ, data = a.append("INBOX", r"(\Flagged)", None, msg)
+assert typ == "OK" and b"APPENDUID" in data[0], data
+typ, data = a.fetch("1", "(FLAGS BODY.PEEK[])")
+assert typ == "OK", data
+assert data[0][1] == msg, data
+assert b"\\Flagged" in data[0][0], data
+typ, data = a.store("1", "+FLAGS", r"(\Seen)")
+assert typ == "OK" and b"\\Seen" in data[0], data
+typ, data = a.search(None, "SUBJECT", '"hello imaplib"', "SEEN")
+assert data == [b"1"], data
+typ, data = a.search("UTF-8", "BODY", "text")
+assert data == [b"1"], data
+typ, data = a.copy("1", "Archive")
+assert typ == "OK", data
+typ, data = a.status("Archive", "(MESSAGES)")
+assert b"MESSAGES 1" in data[0], data
+typ, data = a._simple_command("MOVE", "1", "Trash")
+assert typ == "OK", data
+typ, data = a.status("Trash", "(MESSAGES)")
+assert b"MESSAGES 1" in data[0], data
+a.append("INBOX", None, None, b"Subject: two\r\n\r\n2\r\n")
+a.append("INBOX", None, None, b"Subject: three\r\n\r\n3\r\n")
+typ, data = a.search(None, "ALL")
+assert data == [b"1 2"], data
+a.store("1", "+FLAGS.SILENT", r"(\Deleted)")
+typ, data = a.expunge()
+# imaplib also kept the EXPUNGE that MOVE sent.
+assert typ == "OK" and data == [b"1", b"1"], data
+typ, data = a.uid("FETCH", "1:*", "(UID BODYSTRUCTURE)")
+assert typ == "OK" and b'BODYSTRUCTURE ("TEXT" "PLAIN"' in data[0], data
+
+# IDLE in one session sees another session's APPEND.
+b = conn()
+b.select("INBOX")
+tag = b._new_tag().decode()
+b.send(("%s IDLE\r\n" % tag).encode())
+line = b.readline()
+assert line.startswith(b"+"), line
+c = conn()
+c.append("INBOX", None, None, b"Subject: pushed\r\n\r\nnew\r\n")
+c.logout()
+line = b.readline()
+assert line == b"* 2 EXISTS\r\n", line
+b.send(b"DONE\r\n")
+line = b.readline()
+assert line.startswith(tag.encode() + b" OK"), line
+typ, data = b.logout()
+assert typ == "BYE", (typ, data)
+a.logout()
+print("imaplib ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_imaplib_session() {
+    let env = common::env();
+    let addr = start(&env, ImapConfig::default(), Shutdown::never()).await;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(addr.port().to_string())
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("imaplib ok"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn starttls_discards_pipelined_commands_and_shutdown_says_bye() {
+    let env = common::env();
+    let (trigger, shutdown) = shutdown_channel();
+    let addr = start(&env, ImapConfig::default(), shutdown).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).await.expect("greeting");
+    assert!(
+        line.starts_with("* OK [CAPABILITY IMAP4rev1 IMAP4rev2 STARTTLS"),
+        "{line}"
+    );
+    // A command pipelined after STARTTLS must never run (RFC 9051 §6.2.1).
+    r.get_mut()
+        .write_all(b"a STARTTLS\r\nb LOGIN alice@example.com secret\r\n")
+        .await
+        .expect("write");
+    line.clear();
+    r.read_line(&mut line).await.expect("starttls reply");
+    assert_eq!(line, "a OK Begin TLS negotiation now\r\n");
+    // The server now expects a TLS ClientHello; the plaintext "b LOGIN" was
+    // discarded, so no tagged reply to it ever arrives in clear text.
+    let stream = r.into_inner();
+    let mut client = tokio::time::timeout(std::time::Duration::from_secs(30), tls_connect(stream))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    let mut tr = BufReader::new(&mut client);
+    tr.get_mut().write_all(b"c NOOP\r\n").await.expect("write");
+    line.clear();
+    tr.read_line(&mut line).await.expect("noop");
+    assert_eq!(line, "c OK completed\r\n");
+    trigger.trigger();
+    line.clear();
+    tr.read_line(&mut line).await.expect("bye");
+    assert_eq!(line, "* BYE Server shutting down\r\n");
+}
+
+#[tokio::test]
+async fn refused_connection_gets_bye() {
+    let env = common::env();
+    let server = ImapServer::new(env.services.clone(), ImapConfig::default(), None);
+    let mut buf = Vec::new();
+    server
+        .refuse_connection(&mut buf, umail_core::net::LimitExceeded::PerIp)
+        .await;
+    assert_eq!(buf, b"* BYE too many sessions from this address\r\n");
+}
+
+#[derive(Debug)]
+struct NoVerify;
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+async fn tls_connect(
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(NoVerify))
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name =
+        rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    connector.connect(name, stream).await
+}
