@@ -204,11 +204,31 @@ fn section_spec(section: &Section) -> String {
             SectionText::Header => "HEADER".into(),
             SectionText::Text => "TEXT".into(),
             SectionText::Mime => "MIME".into(),
-            SectionText::HeaderFields(f) => format!("HEADER.FIELDS ({})", f.join(" ")),
-            SectionText::HeaderFieldsNot(f) => format!("HEADER.FIELDS.NOT ({})", f.join(" ")),
+            SectionText::HeaderFields(f) => format!("HEADER.FIELDS ({})", header_names(f)),
+            SectionText::HeaderFieldsNot(f) => format!("HEADER.FIELDS.NOT ({})", header_names(f)),
         });
     }
     s.join(".")
+}
+
+/// Header names echoed as astrings: atoms when possible, quoted otherwise.
+fn header_names(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            if !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                n.clone()
+            } else {
+                let mut r = ResponseBuf::new();
+                r.string(n.as_bytes());
+                String::from_utf8_lossy(&r.take()).into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn apply_partial(data: Vec<u8>, partial: Option<Partial>) -> (Vec<u8>, String) {

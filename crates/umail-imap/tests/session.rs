@@ -585,7 +585,7 @@ async fn fetch_items_and_seen_side_effect() {
         .await;
     assert_eq!(
         r,
-        "* 2 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {17}\r\nSubject: beta\r\n\r\n)\r\nb OK FETCH completed\r\n"
+        "* 2 FETCH (BODY[HEADER.FIELDS (Subject)] {17}\r\nSubject: beta\r\n\r\n)\r\nb OK FETCH completed\r\n"
     );
     let r = c.send("c FETCH 2 BODY[TEXT]<0.6>\r\n").await;
     assert_eq!(

@@ -255,3 +255,124 @@ async fn tls_connect(
         rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
     connector.connect(name, stream).await
 }
+
+/// `mbsync` (isync) round trip with hundreds of messages: push a Maildir
+/// to the server, change flags on the server, pull into a fresh Maildir.
+/// CI must install the `isync` package.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mbsync_round_trip_hundreds_of_messages() {
+    use umail_core::MailStore;
+    const N: usize = 300;
+    let have = std::process::Command::new("mbsync")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(have, "mbsync not found: install the Debian package isync");
+    let env = common::env();
+    let config = ImapConfig {
+        plaintext_auth_without_tls: true,
+        ..ImapConfig::default()
+    };
+    let addr = start(&env, config, Shutdown::never()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let write_config = |maildir: &str| {
+        let cfg = format!(
+            "IMAPAccount test\nHost 127.0.0.1\nPort {port}\nUser alice@example.com\nPass secret\nSSLType None\nAuthMechs LOGIN\n\n\
+             IMAPStore remote\nAccount test\n\n\
+             MaildirStore local\nPath {root}/{maildir}/\nInbox {root}/{maildir}/INBOX\n\n\
+             Channel sync\nFar :remote:\nNear :local:\nPatterns INBOX\nCreate Both\nExpunge Both\nSyncState *\n",
+            port = addr.port(),
+            root = root.display(),
+        );
+        let path = root.join(format!("{maildir}.rc"));
+        std::fs::write(&path, cfg).expect("write config");
+        path
+    };
+    // A Maildir with N messages.
+    let inbox = root.join("first/INBOX");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(inbox.join(sub)).expect("maildir");
+    }
+    for i in 0..N {
+        let msg = format!(
+            "From: sender{i}@example.org\r\nTo: alice@example.com\r\nSubject: message {i}\r\nMessage-ID: <m{i}@example.org>\r\n\r\nbody {i}\r\n"
+        );
+        let flags = if i % 3 == 0 { "S" } else { "" };
+        std::fs::write(inbox.join("cur").join(format!("{i}.umail:2,{flags}")), msg)
+            .expect("write message");
+    }
+    let run = |cfg: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("mbsync")
+                .arg("-c")
+                .arg(&cfg)
+                .arg("-a")
+                .output()
+        })
+        .await
+        .expect("join")
+        .expect("mbsync runs")
+    };
+    let out = run(write_config("first")).await;
+    assert!(
+        out.status.success(),
+        "push failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = env.store.clone();
+    let inbox_info = store
+        .mailbox("alice@example.com", "INBOX")
+        .await
+        .expect("store")
+        .expect("inbox");
+    let msgs = store
+        .messages("alice@example.com", inbox_info.id)
+        .await
+        .expect("messages");
+    assert_eq!(msgs.len(), N);
+    let seen = msgs
+        .iter()
+        .filter(|m| m.flags.contains(&umail_core::Flag::Seen))
+        .count();
+    assert_eq!(seen, N.div_ceil(3));
+    // Flag ten messages on the server, then pull everything into a fresh Maildir.
+    let uids: Vec<u32> = msgs.iter().take(10).map(|m| m.uid).collect();
+    let mut flagged = umail_core::Flags::new();
+    flagged.insert(umail_core::Flag::Flagged);
+    store
+        .update_flags(
+            "alice@example.com",
+            inbox_info.id,
+            &uids,
+            umail_core::FlagOp::Add,
+            &flagged,
+            None,
+        )
+        .await
+        .expect("flags");
+    std::fs::create_dir_all(root.join("second")).expect("second maildir root");
+    let out = run(write_config("second")).await;
+    assert!(
+        out.status.success(),
+        "pull failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files = Vec::new();
+    for sub in ["cur", "new"] {
+        if let Ok(rd) = std::fs::read_dir(root.join("second/INBOX").join(sub)) {
+            files.extend(
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+    }
+    assert_eq!(files.len(), N);
+    let flagged_files = files
+        .iter()
+        .filter(|f| f.rsplit_once(":2,").is_some_and(|(_, fl)| fl.contains('F')))
+        .count();
+    assert_eq!(flagged_files, 10);
+}

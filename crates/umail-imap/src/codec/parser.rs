@@ -915,7 +915,7 @@ fn header_list(c: &mut Cursor<'_>) -> PResult<Vec<String>> {
     let mut names = Vec::new();
     loop {
         let n = c.astring()?;
-        names.push(String::from_utf8_lossy(&n).to_ascii_uppercase());
+        names.push(String::from_utf8_lossy(&n).into_owned());
         if names.len() > 1000 {
             return Err("too many header names".into());
         }
@@ -1264,7 +1264,7 @@ mod tests {
                 peek: true,
                 section: Section {
                     part: vec![1, 2],
-                    text: Some(SectionText::HeaderFields(vec!["FROM".into(), "TO".into()]))
+                    text: Some(SectionText::HeaderFields(vec!["From".into(), "To".into()]))
                 },
                 partial: Some(Partial {
                     origin: 0,

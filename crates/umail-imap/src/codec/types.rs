@@ -89,7 +89,7 @@ impl SequenceSet {
 pub enum SectionText {
     /// `HEADER`
     Header,
-    /// `HEADER.FIELDS (...)`, names upper-cased as given.
+    /// `HEADER.FIELDS (...)`, names as the client spelled them.
     HeaderFields(Vec<String>),
     /// `HEADER.FIELDS.NOT (...)`
     HeaderFieldsNot(Vec<String>),
