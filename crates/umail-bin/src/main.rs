@@ -1,1 +1,117 @@
-fn main() {}
+//! `umail`: the reference mail server and its management CLI.
+//!
+//! `umail serve` runs every protocol over the embedded store; the other
+//! subcommands manage domains, users, aliases, lists and departments. They
+//! talk to a running server through its admin socket, or open the database
+//! directly when no server runs: the same handlers either way.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod admin_http;
+mod admin_socket;
+mod bench;
+mod bootstrap;
+mod cli;
+mod collect;
+mod handlers;
+mod serve;
+mod tls;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use umail_core::config::{Config, LogFormat};
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("umail: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = cli.apply_overrides(config);
+    init_logging(&config, cli.log_json, matches!(cli.command, Command::Serve));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("umail: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => serve::run(config).await,
+            Command::Bench(cli::BenchCmd::Smtp(args)) => bench::smtp(args).await,
+            Command::Bench(cli::BenchCmd::Pop3(args)) => collect::bench_pop3(args).await,
+            Command::Import(cmd) => collect::run_import(cmd, &config).await,
+            other => cli::run(other, &config, cli.json).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("umail: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the TOML file, or the defaults when none is given.
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    let Some(path) = path else {
+        return Ok(Config::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str::<Config>(&text).map_err(|e| {
+        // toml's message names the key and shows the line.
+        anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end())
+    })
+}
+
+fn init_logging(config: &Config, json_flag: bool, serving: bool) {
+    use tracing_subscriber::EnvFilter;
+    // Management commands log only warnings unless asked, so their output stays clean.
+    let default_level = if serving {
+        config.log.level.as_str()
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_env("UMAIL_LOG")
+        .or_else(|_| EnvFilter::try_new(default_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json_flag || config.log.format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The database file inside the data directory.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("umail.redb")
+}
+
+/// Opens the store in `data_dir`, explaining the "already open" case.
+pub fn open_store(data_dir: &Path) -> Result<umail_store::Store> {
+    let path = database_path(data_dir);
+    umail_store::Store::open(&path).map_err(|e| match e {
+        umail_store::OpenError::Locked => anyhow::anyhow!(
+            "{} is in use by another umail process (is `umail serve` running with this data_dir?)",
+            path.display()
+        ),
+        other => anyhow::anyhow!("opening {}: {other}", path.display()),
+    })
+}

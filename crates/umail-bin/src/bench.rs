@@ -1,0 +1,241 @@
+//! `umail bench smtp`: a load generator for the SMTP receiver.
+//!
+//! Without `--target` it starts a `umail serve` child on a temporary data
+//! directory (the real binary, the real durable store) and delivers to that
+//! server's first administrator; it reports accepted messages per second,
+//! latency percentiles of the final reply to DATA, and the server's peak RSS.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Options of `umail bench smtp`.
+#[derive(Debug, Args)]
+pub struct SmtpBenchArgs {
+    /// Server to load (`host:port` of an MX listener). Default: start one.
+    #[arg(long)]
+    target: Option<String>,
+    /// Recipient (must be local on the target). Default: the started server's admin.
+    #[arg(long)]
+    rcpt: Option<String>,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 20)]
+    connections: usize,
+    /// Messages in total.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 4096, value_parser = crate::cli::parse_size)]
+    size: u64,
+}
+
+struct Child {
+    process: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Starts `umail serve` with only an MX listener; returns the child, its
+/// address and the administrator address to deliver to.
+fn start_server(max_sessions_per_ip: usize) -> Result<(Child, String, String)> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let config = dir.path().join("umail.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhostname = \"bench.localhost\"\ndata_dir = \"{}\"\nmax_sessions_per_ip = {}\n\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n\n[log]\nlevel = \"warn\"\n",
+            dir.path().join("data").display(),
+            max_sessions_per_ip
+        ),
+    )?;
+    let exe = std::env::current_exe().context("locating the umail binary")?;
+    let mut process = std::process::Command::new(exe)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting umail serve")?;
+    let stdout = process.stdout.take().context("child stdout")?;
+    let mut addr = None;
+    let mut admin = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("umail: listening smtp ") {
+            addr = Some(rest.trim().to_string());
+        }
+        if let Some(rest) = line.strip_prefix("umail: system administrator ") {
+            admin = rest.split_whitespace().next().map(str::to_string);
+        }
+        if line.starts_with("umail: ready") {
+            break;
+        }
+    }
+    let child = Child { process, _dir: dir };
+    match (addr, admin) {
+        (Some(a), Some(r)) => Ok((child, a, r)),
+        _ => bail!("the benchmark server did not start"),
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn expect_reply(
+    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    line: &mut String,
+    want: u8,
+) -> Result<()> {
+    loop {
+        line.clear();
+        if reader.read_line(line).await? == 0 {
+            bail!("server closed the connection");
+        }
+        if line.len() >= 4 && line.as_bytes()[3] == b'-' {
+            continue;
+        }
+        if line.as_bytes().first() != Some(&want) {
+            bail!("unexpected reply: {}", line.trim_end());
+        }
+        return Ok(());
+    }
+}
+
+fn message_body(size: usize, rcpt: &str) -> Vec<u8> {
+    let mut body = format!(
+        "From: bench@bench.example\r\nTo: {rcpt}\r\nSubject: umail bench\r\nMessage-ID: <{}@bench.example>\r\n\r\n",
+        rand::random::<u64>()
+    )
+    .into_bytes();
+    let line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghij\r\n";
+    while body.len() + line.len() < size {
+        body.extend_from_slice(line);
+    }
+    while body.len() + 2 < size {
+        body.push(b'x');
+    }
+    body.extend_from_slice(b"\r\n.\r\n");
+    body
+}
+
+async fn connection(
+    addr: String,
+    rcpt: String,
+    count: usize,
+    size: usize,
+) -> Result<Vec<Duration>> {
+    let stream = TcpStream::connect(&addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
+    expect_reply(&mut reader, &mut line, b'2').await?;
+    write.write_all(b"EHLO bench.example\r\n").await?;
+    expect_reply(&mut reader, &mut line, b'2').await?;
+    let body = message_body(size, &rcpt);
+    let envelope = format!("MAIL FROM:<bench@bench.example>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        // RFC 2920: MAIL, RCPT and DATA pipelined in one write.
+        write.write_all(envelope.as_bytes()).await?;
+        expect_reply(&mut reader, &mut line, b'2').await?;
+        expect_reply(&mut reader, &mut line, b'2').await?;
+        expect_reply(&mut reader, &mut line, b'3').await?;
+        write.write_all(&body).await?;
+        let sent = Instant::now();
+        expect_reply(&mut reader, &mut line, b'2').await?;
+        latencies.push(sent.elapsed());
+    }
+    write.write_all(b"QUIT\r\n").await?;
+    Ok(latencies)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs the SMTP benchmark and prints the report.
+pub async fn smtp(args: SmtpBenchArgs) -> Result<()> {
+    if args.connections == 0 || args.messages == 0 {
+        bail!("--connections and --messages must be at least 1");
+    }
+    let (child, addr, rcpt) = match &args.target {
+        Some(t) => (
+            None,
+            t.clone(),
+            args.rcpt
+                .clone()
+                .context("--rcpt is required with --target")?,
+        ),
+        None => {
+            let (c, a, r) = start_server(args.connections + 10)?;
+            (Some(c), a, args.rcpt.clone().unwrap_or(r))
+        }
+    };
+    println!(
+        "bench smtp: {} messages of {} bytes over {} connections to {addr} (rcpt {rcpt})",
+        args.messages, args.size, args.connections
+    );
+    let size = usize::try_from(args.size).context("size")?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let per = args.messages / args.connections;
+    let extra = args.messages % args.connections;
+    let addr = Arc::new(addr);
+    for i in 0..args.connections {
+        let count = per + usize::from(i < extra);
+        let (a, r) = (addr.to_string(), rcpt.clone());
+        tasks.push(tokio::spawn(connection(a, r, count, size)));
+    }
+    let mut latencies = Vec::with_capacity(args.messages);
+    for t in tasks {
+        latencies.extend(t.await.context("bench task")??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+    println!(
+        "accepted: {} messages in {:.2} s",
+        latencies.len(),
+        elapsed.as_secs_f64()
+    );
+    println!("throughput: {rate:.0} messages/s");
+    println!(
+        "final-reply latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
+    );
+    if let Some(c) = &child
+        && let Some(kib) = peak_rss_kib(c.process.id())
+    {
+        println!("server peak RSS: {:.1} MiB", kib as f64 / 1024.0);
+    }
+    Ok(())
+}
