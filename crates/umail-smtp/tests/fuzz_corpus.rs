@@ -47,6 +47,9 @@ fn well_formed_seeds_parse() {
     }
     for name in ["noop_binary", "mail_bad_params"] {
         let data = std::fs::read(dir.join(name)).expect("seed present");
-        assert!(umail_smtp::parse_command(&data).is_err(), "{name} must be refused");
+        assert!(
+            umail_smtp::parse_command(&data).is_err(),
+            "{name} must be refused"
+        );
     }
 }
