@@ -386,8 +386,11 @@ codes = []
 for attempt in range(6):
     s = smtplib.SMTP_SSL(HOST, port("submissions"), context=ctx, timeout=30)
     s.ehlo("brute.example")
+    # One AUTH PLAIN per attempt (login() would try several mechanisms).
+    s.user, s.password = "alice@example.com", "guess%d" % attempt
     try:
-        s.login("alice@example.com", "guess%d" % attempt)
+        code, resp = s.auth("PLAIN", s.auth_plain)
+        codes.append(code)
     except smtplib.SMTPAuthenticationError as e:
         codes.append(e.smtp_code)
     except smtplib.SMTPException as e:
@@ -399,9 +402,10 @@ for attempt in range(6):
 # Even the right password is refused while locked out.
 s = smtplib.SMTP_SSL(HOST, port("submissions"), context=ctx, timeout=30)
 s.ehlo("brute.example")
+s.user, s.password = "alice@example.com", os.environ["PASSWORD"]
 try:
-    s.login("alice@example.com", os.environ["PASSWORD"])
-    codes.append(235)
+    code, resp = s.auth("PLAIN", s.auth_plain)
+    codes.append(code)
 except smtplib.SMTPAuthenticationError as e:
     codes.append(e.smtp_code)
 print(codes)

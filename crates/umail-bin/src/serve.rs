@@ -187,8 +187,20 @@ fn protocols(
     services: &Services,
     acceptor: &tokio_rustls::TlsAcceptor,
 ) -> Vec<(&'static str, Vec<SocketAddr>, Protocol)> {
+    use umail_imap::{ImapServer, ListenerMode as ImapMode};
     use umail_pop3::{ListenerMode as PopMode, Pop3Server};
+    use umail_smtp::{ListenerMode as SmtpMode, SmtpServer};
 
+    let smtp = Arc::new(SmtpServer::new(
+        services.clone(),
+        config.smtp.clone(),
+        Some(acceptor.clone()),
+    ));
+    let imap = Arc::new(ImapServer::new(
+        services.clone(),
+        config.imap.clone(),
+        Some(acceptor.clone()),
+    ));
     let pop3 = Arc::new(Pop3Server::new(
         services.clone(),
         config.pop3.clone(),
@@ -214,6 +226,19 @@ fn protocols(
 
     let l = &config.listeners;
     vec![
+        ("smtp", l.smtp.clone(), protocol!(smtp, SmtpMode::Mx)),
+        (
+            "submission",
+            l.submission.clone(),
+            protocol!(smtp, SmtpMode::Submission),
+        ),
+        (
+            "submissions",
+            l.submissions.clone(),
+            protocol!(smtp, SmtpMode::Submissions),
+        ),
+        ("imap", l.imap.clone(), protocol!(imap, ImapMode::Imap)),
+        ("imaps", l.imaps.clone(), protocol!(imap, ImapMode::Imaps)),
         ("pop3", l.pop3.clone(), protocol!(pop3, PopMode::Pop3)),
         ("pop3s", l.pop3s.clone(), protocol!(pop3, PopMode::Pop3s)),
     ]
