@@ -83,6 +83,8 @@ pub enum BenchCmd {
     Smtp(crate::bench::SmtpBenchArgs),
     /// Read whole mailboxes over POP3 with concurrent clients.
     Pop3(crate::collect::Pop3BenchArgs),
+    /// A mix of IMAP commands, or many idle IMAP connections.
+    Imap(crate::bench_imap::ImapBenchArgs),
 }
 
 #[derive(Debug, Args)]

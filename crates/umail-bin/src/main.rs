@@ -10,6 +10,7 @@ mod admin;
 mod admin_http;
 mod admin_socket;
 mod bench;
+mod bench_imap;
 mod bootstrap;
 mod cli;
 mod collect;
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
             Command::Serve => serve::run(config).await,
             Command::Bench(cli::BenchCmd::Smtp(args)) => bench::smtp(args).await,
             Command::Bench(cli::BenchCmd::Pop3(args)) => collect::bench_pop3(args).await,
+            Command::Bench(cli::BenchCmd::Imap(args)) => bench_imap::run(args).await,
             Command::Import(cmd) => collect::run_import(cmd, &config).await,
             other => cli::run(other, &config, cli.json).await,
         }
