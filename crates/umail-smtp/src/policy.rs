@@ -325,10 +325,31 @@ impl Policy {
             .on_rcpt(&session.session_info(), envelope, &rcpt.address)
             .await;
         let marks = verdict_marks(v)?;
+        // Per-domain size limit (DomainSettings::max_message_size), checked
+        // against SIZE= here and enforced while streaming by the session.
+        let max_message_size = match self
+            .services
+            .directory
+            .domain_settings(rcpt.address.domain())
+            .await
+        {
+            Ok(Some(ds)) => ds.max_message_size,
+            Ok(None) => 0,
+            Err(_) => return Err(temp_directory()),
+        };
+        if max_message_size != 0 && size > max_message_size {
+            // RFC 1870 §6.2 / RFC 3463: 552 5.3.4.
+            return Err(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds the limit of the recipient's domain",
+            ));
+        }
         Ok(Expansion {
             local,
             remote,
             marks,
+            max_message_size,
         })
     }
 

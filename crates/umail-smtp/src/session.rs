@@ -119,6 +119,9 @@ pub struct Expansion {
     pub remote: Vec<Address>,
     /// Filter decisions for this recipient.
     pub marks: PolicyMarks,
+    /// A smaller size limit that applies because of this recipient (its
+    /// domain's `max_message_size`); 0 means only the server limit.
+    pub max_message_size: u64,
 }
 
 /// An accepted recipient and its expansion.
@@ -586,6 +589,19 @@ impl Session {
         self.txn = None;
     }
 
+    /// The size bound of the current transaction: the server limit, lowered
+    /// by any recipient domain's own limit. 0 = unlimited.
+    fn max_size(&self) -> u64 {
+        let mut max = self.config.smtp.max_message_size;
+        for r in self.txn.iter().flat_map(|t| &t.recipients) {
+            let m = r.expansion.max_message_size;
+            if m != 0 && (max == 0 || m < max) {
+                max = m;
+            }
+        }
+        max
+    }
+
     fn command(&mut self, line: &[u8]) -> Option<Event> {
         let cmd = match parse_command(line) {
             Ok(c) => c,
@@ -815,7 +831,7 @@ impl Session {
         // RFC 5321 §4.1.1.4: 354, then the data up to CRLF.CRLF.
         self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
         self.input = Input::Data(DataReceiver::new(
-            self.config.smtp.max_message_size,
+            self.max_size(),
             self.config.smtp.max_data_line,
         ));
         None
@@ -837,7 +853,7 @@ impl Session {
     }
 
     fn bdat_append(&mut self, bytes: &[u8]) {
-        let max_size = self.config.smtp.max_message_size;
+        let max_size = self.max_size();
         let max_line = self.config.smtp.max_data_line;
         let Some(txn) = &mut self.txn else { return };
         let binary = txn.envelope.body == BodyType::BinaryMime;

@@ -1024,3 +1024,65 @@ async fn connect_refusal_serves_only_quit() {
     );
     assert!(h.send("QUIT\r\n").await.starts_with("221 "));
 }
+
+// ----- per-domain size limit -----
+
+struct SmallDomain(Arc<umail_core::memory::MemoryDirectory>);
+
+#[async_trait]
+impl umail_core::Directory for SmallDomain {
+    async fn verify_password(
+        &self,
+        u: &str,
+        p: &str,
+    ) -> Result<Option<umail_core::Principal>, umail_core::DirectoryError> {
+        self.0.verify_password(u, p).await
+    }
+    async fn principal(
+        &self,
+        u: &str,
+    ) -> Result<Option<umail_core::Principal>, umail_core::DirectoryError> {
+        self.0.principal(u).await
+    }
+    async fn resolve(
+        &self,
+        a: &Address,
+    ) -> Result<umail_core::Resolution, umail_core::DirectoryError> {
+        self.0.resolve(a).await
+    }
+    async fn is_local_domain(
+        &self,
+        d: &umail_core::Domain,
+    ) -> Result<bool, umail_core::DirectoryError> {
+        self.0.is_local_domain(d).await
+    }
+    async fn domain_settings(
+        &self,
+        d: &umail_core::Domain,
+    ) -> Result<Option<umail_core::DomainSettings>, umail_core::DirectoryError> {
+        Ok(self.0.domain_settings(d).await?.map(|mut s| {
+            s.max_message_size = 50;
+            s
+        }))
+    }
+}
+
+#[tokio::test]
+async fn domain_size_limit_at_rcpt_and_while_streaming() {
+    let mut w = world();
+    w.services.directory = Arc::new(SmallDomain(w.directory.clone()));
+    let mut h = Harness::with_world(w, ListenerMode::Mx, cfg());
+    h.ehlo().await;
+    h.send("MAIL FROM:<a@remote.example> SIZE=100\r\n").await;
+    assert_eq!(
+        h.send("RCPT TO:<alice@example.com>\r\n").await,
+        "552 5.3.4 Message size exceeds the limit of the recipient's domain\r\n"
+    );
+    h.send("RSET\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")
+        .await;
+    let out = h
+        .send(format!("Subject: x\r\n\r\n{}\r\n.\r\n", "z".repeat(80)))
+        .await;
+    assert_eq!(out, "552 5.3.4 Message size exceeds fixed limit\r\n");
+    assert!(h.world.inbox("alice@example.com").await.is_empty());
+}
