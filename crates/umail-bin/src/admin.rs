@@ -186,6 +186,7 @@ pub enum AdminRequest {
     },
     AdminList,
     Collect(crate::collect::CollectRequest),
+    Delivery(crate::delivery::DeliveryRequest),
 }
 
 impl AdminRequest {
@@ -226,6 +227,7 @@ impl AdminRequest {
             AdminRevoke { .. } => "admin revoke",
             AdminList => "admin list",
             Collect(_) => "fetch",
+            Delivery(_) => "queue/dkim",
         }
     }
 

@@ -65,6 +65,9 @@ pub enum Command {
     /// Manage administrator roles.
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// The outbound queue.
+    #[command(subcommand)]
+    Queue(crate::delivery::QueueCmd),
     /// Remote POP3 accounts collected on a schedule (MultiPOP, DomainPOP).
     #[command(subcommand)]
     Fetch(crate::collect::FetchCmd),
@@ -85,6 +88,8 @@ pub enum BenchCmd {
     Pop3(crate::collect::Pop3BenchArgs),
     /// A mix of IMAP commands, or many idle IMAP connections.
     Imap(crate::bench_imap::ImapBenchArgs),
+    /// Outbound delivery to a local sink.
+    Delivery(crate::delivery::DeliveryBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +159,9 @@ pub enum DomainCmd {
     /// Domain aliases: mail to ALIAS goes to the same local part at TARGET.
     #[command(subcommand)]
     Alias(DomainAliasCmd),
+    /// DKIM signing keys of a domain.
+    #[command(subcommand)]
+    Dkim(crate::delivery::DkimCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -438,6 +446,7 @@ pub fn to_request(command: Command) -> Result<AdminRequest> {
             bail!("not a management command")
         }
         Command::Fetch(cmd) => R::Collect(crate::collect::fetch_request(cmd)?),
+        Command::Queue(cmd) => R::Delivery(crate::delivery::queue_request(cmd)?),
         Command::Domain(cmd) => match cmd {
             DomainCmd::Add { domain, limits } => R::DomainAdd {
                 domain,
@@ -460,6 +469,7 @@ pub fn to_request(command: Command) -> Result<AdminRequest> {
                 DomainAliasCmd::List => R::DomainAliasList,
                 DomainAliasCmd::Remove { alias } => R::DomainAliasRemove { alias },
             },
+            DomainCmd::Dkim(cmd) => R::Delivery(crate::delivery::dkim_request(cmd)?),
         },
         Command::User(cmd) => match cmd {
             UserCmd::Add {

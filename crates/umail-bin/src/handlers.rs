@@ -639,6 +639,7 @@ pub async fn execute(store: &Store, request: AdminRequest) -> AdminReply {
             done(format!("{a} no longer has the {} role", role_text(&r)))
         }
         R::Collect(req) => crate::collect::execute(store, req).await,
+        R::Delivery(req) => crate::delivery::execute(store, req).await,
         R::AdminList => {
             let rows = store
                 .list_admins()

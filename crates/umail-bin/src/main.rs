@@ -14,6 +14,7 @@ mod bench_imap;
 mod bootstrap;
 mod cli;
 mod collect;
+mod delivery;
 mod handlers;
 mod serve;
 mod tls;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
             Command::Bench(cli::BenchCmd::Smtp(args)) => bench::smtp(args).await,
             Command::Bench(cli::BenchCmd::Pop3(args)) => collect::bench_pop3(args).await,
             Command::Bench(cli::BenchCmd::Imap(args)) => bench_imap::run(args).await,
+            Command::Bench(cli::BenchCmd::Delivery(args)) => delivery::bench(args).await,
             Command::Import(cmd) => collect::run_import(cmd, &config).await,
             other => cli::run(other, &config, cli.json).await,
         }

@@ -155,6 +155,7 @@ pub async fn run(config: Config) -> Result<()> {
         )));
     }
     crate::collect::spawn_scheduler(store.clone(), services.clone(), shutdown.clone());
+    crate::delivery::spawn_runner(&config, store.clone(), services.clone(), shutdown.clone());
     announce(&format!("umail: ready on {hostname}"));
 
     wait_for_signal().await;

@@ -1,0 +1,1 @@
+//! End-to-end outbound delivery tests (being written).
