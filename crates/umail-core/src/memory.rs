@@ -267,6 +267,8 @@ struct StoredMessage {
 struct Mailbox {
     info: MailboxInfo,
     messages: BTreeMap<Uid, StoredMessage>,
+    /// Expunged UIDs with the MODSEQ of their expunge (QRESYNC).
+    expunged: BTreeMap<Uid, ModSeq>,
     feed: broadcast::Sender<MailboxChange>,
 }
 
@@ -291,6 +293,7 @@ impl Mailbox {
                 size: 0,
             },
             messages: BTreeMap::new(),
+            expunged: BTreeMap::new(),
             feed: broadcast::channel(1024).0,
         }
     }
@@ -529,6 +532,7 @@ impl MailStore for MemoryMailStore {
             inbox.refresh_counts();
             let uids: Vec<Uid> = moved.iter().map(|m| m.meta.uid).collect();
             let modseq = inbox.next_modseq();
+            inbox.expunged.extend(uids.iter().map(|u| (*u, modseq)));
             let _ = inbox.feed.send(MailboxChange::Expunged { uids, modseq });
             let target = acc.mailboxes.get_mut(&info.name).expect("created");
             for m in moved {
@@ -767,19 +771,40 @@ impl MailStore for MemoryMailStore {
         let mut data = lock(&self.data);
         Ok(data.mailbox_by_id(account, mailbox)?.feed.subscribe())
     }
+
+    async fn expunged_since(
+        &self,
+        account: &str,
+        mailbox: MailboxId,
+        since: ModSeq,
+    ) -> Result<Option<Vec<Uid>>, StoreError> {
+        let mut data = lock(&self.data);
+        let mb = data.mailbox_by_id(account, mailbox)?;
+        // Every expunge of this mailbox is remembered, so the answer is exact.
+        Ok(Some(
+            mb.expunged
+                .iter()
+                .filter(|(_, m)| **m > since)
+                .map(|(u, _)| *u)
+                .collect(),
+        ))
+    }
 }
 
 fn remove_uids(mb: &mut Mailbox, victims: &[Uid]) {
-    if victims.is_empty() {
+    let removed: Vec<Uid> = victims
+        .iter()
+        .copied()
+        .filter(|uid| mb.messages.remove(uid).is_some())
+        .collect();
+    if removed.is_empty() {
         return;
-    }
-    for uid in victims {
-        mb.messages.remove(uid);
     }
     mb.refresh_counts();
     let modseq = mb.next_modseq();
+    mb.expunged.extend(removed.iter().map(|u| (*u, modseq)));
     let _ = mb.feed.send(MailboxChange::Expunged {
-        uids: victims.to_vec(),
+        uids: removed,
         modseq,
     });
 }
@@ -1056,6 +1081,45 @@ mod tests {
                 bytes: 1,
                 messages: 1
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn store_remembers_expunged_uids_with_their_modseq() {
+        let s = MemoryMailStore::new();
+        s.list_mailboxes("a@x.org").await.unwrap();
+        for _ in 0..4 {
+            s.append(
+                "a@x.org",
+                "INBOX",
+                Bytes::from_static(b"m"),
+                Flags::new(),
+                0,
+            )
+            .await
+            .unwrap();
+        }
+        let inbox = s.mailbox("a@x.org", "INBOX").await.unwrap().unwrap();
+        let before = inbox.highest_modseq;
+        assert_eq!(
+            s.expunged_since("a@x.org", inbox.id, 0).await.unwrap(),
+            Some(vec![])
+        );
+        assert_eq!(
+            s.remove("a@x.org", inbox.id, &[2, 3, 99]).await.unwrap(),
+            vec![2, 3]
+        );
+        let after = s.mailbox("a@x.org", "INBOX").await.unwrap().unwrap();
+        assert!(after.highest_modseq > before);
+        assert_eq!(
+            s.expunged_since("a@x.org", inbox.id, before).await.unwrap(),
+            Some(vec![2, 3])
+        );
+        assert_eq!(
+            s.expunged_since("a@x.org", inbox.id, after.highest_modseq)
+                .await
+                .unwrap(),
+            Some(vec![])
         );
     }
 }

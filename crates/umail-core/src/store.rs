@@ -295,6 +295,9 @@ pub type ChangeFeed = broadcast::Receiver<MailboxChange>;
 /// * Accounts are identified by their lower-cased address
 ///   ([`Principal::account`](crate::Principal::account)); a store creates an
 ///   account's INBOX and special-use mailboxes on first use.
+/// * **Expunge records** (optional, [`MailStore::expunged_since`]): an
+///   expunged UID is remembered with the MODSEQ of its expunge, which is at
+///   most HIGHESTMODSEQ; a remembered UID is never a live message's UID.
 /// * Callers must not cache mailbox state across commands except through
 ///   the change feed.
 #[async_trait]
@@ -418,4 +421,27 @@ pub trait MailStore: Send + Sync {
 
     /// Subscribes to a mailbox's change feed.
     async fn watch(&self, account: &str, mailbox: MailboxId) -> Result<ChangeFeed, StoreError>;
+
+    /// The UIDs expunged from a mailbox by changes whose MODSEQ is above
+    /// `since`, ascending (IMAP QRESYNC, RFC 7162 §3.2.5 and §3.2.6).
+    ///
+    /// Returns `Ok(None)` when the store cannot answer exactly: it keeps
+    /// no record of expunged UIDs, or no longer remembers (or never knew)
+    /// every expunge above `since` — for example after pruning old records
+    /// or for a mailbox that predates the records. Callers then fall back
+    /// to a superset computed from the UIDs they know (RFC 7162 §3.2.5.2
+    /// lets a server report UIDs that were already gone). A store must
+    /// never return `Some` with a UID missing.
+    ///
+    /// The default body returns `Ok(None)`: correct, but IMAP clients that
+    /// resynchronise with QRESYNC then receive more UIDs than needed.
+    async fn expunged_since(
+        &self,
+        account: &str,
+        mailbox: MailboxId,
+        since: ModSeq,
+    ) -> Result<Option<Vec<Uid>>, StoreError> {
+        let _ = (account, mailbox, since);
+        Ok(None)
+    }
 }

@@ -10,7 +10,7 @@ use crate::db::{
     LISTS, MAILBOX_NAMES, MAILBOXES, MESSAGES, QUEUE, QUEUE_CONTENT, QUEUE_DUE, Tx, USERS, dec,
 };
 use crate::directory::UserRec;
-use crate::mail::{AccountRec, MailboxRec, MessageRec, blob_id};
+use crate::mail::{AccountRec, MailboxRec, MessageRec, all_expunge_records, blob_id};
 
 /// Most problems listed in one report.
 const MAX_PROBLEMS: usize = 50;
@@ -42,6 +42,9 @@ impl Store {
     /// Checked: each account's quota usage equals the sum of its messages'
     /// sizes and count; each mailbox's message/unseen/size counters match its
     /// entries, every UID is below UIDNEXT and every MODSEQ at most
+    /// HIGHESTMODSEQ; every expunge record (QRESYNC) belongs to an existing
+    /// mailbox that has a horizon, names a UID below UIDNEXT that no live
+    /// message has, and carries a MODSEQ above the horizon and at most
     /// HIGHESTMODSEQ; the name index and the mailbox records agree; every
     /// entry's blob exists, every blob's reference count equals the number
     /// of entries pointing to it, no blob is unreferenced and each blob's
@@ -116,6 +119,7 @@ fn check_mail(tx: Tx<'_>, p: &mut Problems) -> Result<(), DbErr> {
         }
     }
 
+    let mut live: BTreeSet<(String, u64, u32)> = BTreeSet::new();
     let mut counted: BTreeMap<(String, u64), Counted> = BTreeMap::new();
     let mut usage: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut refs: BTreeMap<String, u64> = BTreeMap::new();
@@ -139,6 +143,7 @@ fn check_mail(tx: Tx<'_>, p: &mut Problems) -> Result<(), DbErr> {
                 }
             }
         }
+        live.insert((account.to_string(), id, uid));
         let c = counted.entry(key).or_default();
         c.messages += 1;
         if !m.flags.contains(&umail_core::Flag::Seen) {
@@ -176,6 +181,8 @@ fn check_mail(tx: Tx<'_>, p: &mut Problems) -> Result<(), DbErr> {
         }
     }
 
+    check_expunge_records(tx, &mailboxes, &live, p)?;
+
     let mut stored_refs: BTreeMap<String, u64> = BTreeMap::new();
     tx.scan_all(BLOB_REFS, |k, v| {
         stored_refs.insert(k.to_string(), v);
@@ -208,6 +215,57 @@ fn check_mail(tx: Tx<'_>, p: &mut Problems) -> Result<(), DbErr> {
     for blob in &blobs {
         if !refs.contains_key(blob) {
             p.add(format!("blob {blob}: stored but unreferenced"));
+        }
+    }
+    Ok(())
+}
+
+/// QRESYNC expunge records against the mailboxes and live messages.
+fn check_expunge_records(
+    tx: Tx<'_>,
+    mailboxes: &BTreeMap<(String, u64), MailboxRec>,
+    live: &BTreeSet<(String, u64, u32)>,
+    p: &mut Problems,
+) -> Result<(), DbErr> {
+    let records = all_expunge_records(tx)?;
+    for ((account, id, uid), modseq) in &records {
+        let Some(mb) = mailboxes.get(&(account.clone(), *id)) else {
+            p.add(format!(
+                "{account}: expunge record {uid} of missing mailbox #{id}"
+            ));
+            continue;
+        };
+        if *modseq > mb.highest_modseq {
+            p.add(format!(
+                "{account}: {} expunge record {uid} MODSEQ {modseq} above HIGHESTMODSEQ {}",
+                mb.name, mb.highest_modseq
+            ));
+        }
+        if *uid == 0 {
+            continue;
+        }
+        match records.get(&(account.clone(), *id, 0)) {
+            None => p.add(format!(
+                "{account}: {} has expunge records but no horizon",
+                mb.name
+            )),
+            Some(h) if modseq <= h => p.add(format!(
+                "{account}: {} expunge record {uid} MODSEQ {modseq} not above the horizon {h}",
+                mb.name
+            )),
+            Some(_) => {}
+        }
+        if *uid >= mb.uid_next {
+            p.add(format!(
+                "{account}: {} expunge record {uid} not below UIDNEXT {}",
+                mb.name, mb.uid_next
+            ));
+        }
+        if live.contains(&(account.clone(), *id, *uid)) {
+            p.add(format!(
+                "{account}: {} uid {uid} is both live and expunged",
+                mb.name
+            ));
         }
     }
     Ok(())

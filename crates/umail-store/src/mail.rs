@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use redb::{ReadableTable, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
 use umail_core::store::{HIERARCHY_SEPARATOR, INBOX};
 use umail_core::{
@@ -28,6 +29,23 @@ pub const MAX_MESSAGE_SIZE: u64 = 1 << 30;
 const MAX_NAME_LEN: usize = 1000;
 
 type R<T> = Result<T, Fail<StoreError>>;
+
+/// Expunge records for QRESYNC (RFC 7162): `(account, mailbox id, uid)` →
+/// MODSEQ of the expunge that removed the message. The key with uid `0`
+/// (never a message UID) holds the mailbox's *horizon*: every expunge with
+/// a MODSEQ above it is recorded. Mailboxes created before these records
+/// existed get their horizon at their first expunge; a mailbox without one
+/// cannot answer [`MailStore::expunged_since`] exactly.
+///
+/// The table is created on first write; reads treat a missing table as
+/// empty. `db::copy_all` should copy it so backups keep the records (a
+/// backup without it restores mailboxes without horizons, which only makes
+/// QRESYNC fall back to known-UID resynchronisation).
+pub(crate) const EXPUNGED: TableDefinition<(&str, u64, u32), u64> =
+    TableDefinition::new("expunged");
+
+/// The key of a mailbox's horizon in [`EXPUNGED`].
+const HORIZON_UID: Uid = 0;
 
 fn reject<T>(e: StoreError) -> R<T> {
     Err(Fail::Reject(e))
@@ -163,6 +181,67 @@ fn get_message(
     tx.get_json(MESSAGES, (account, mailbox, uid))
 }
 
+/// A mailbox's expunge horizon (if any) and its `(uid, modseq)` records.
+pub(crate) type ExpungeRecords = (Option<ModSeq>, Vec<(Uid, ModSeq)>);
+
+/// The expunge records of one mailbox: its horizon (if it has one) and the
+/// `(uid, modseq)` records, ascending by UID. A database that never stored
+/// a record has no table yet: that reads as "no horizon, no records".
+pub(crate) fn expunge_records(
+    tx: Tx<'_>,
+    account: &str,
+    mailbox: MailboxId,
+) -> Result<ExpungeRecords, DbErr> {
+    if let Tx::Read(r) = tx {
+        match r.open_table(EXPUNGED) {
+            Ok(_) => {}
+            Err(TableError::TableDoesNotExist(_)) => return Ok((None, Vec::new())),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut horizon = None;
+    let mut records = Vec::new();
+    tx.scan(
+        EXPUNGED,
+        (account, mailbox, 0u32)..=(account, mailbox, u32::MAX),
+        |(_, _, uid), modseq| {
+            if uid == HORIZON_UID {
+                horizon = Some(modseq);
+            } else {
+                records.push((uid, modseq));
+            }
+            Ok(true)
+        },
+    )?;
+    Ok((horizon, records))
+}
+
+/// Every expunge record of the database, `(account, mailbox, uid) → modseq`
+/// (uid 0 being horizons), for the consistency check.
+pub(crate) fn all_expunge_records(
+    tx: Tx<'_>,
+) -> Result<BTreeMap<(String, MailboxId, Uid), ModSeq>, DbErr> {
+    let mut out = BTreeMap::new();
+    if let Tx::Read(r) = tx {
+        let table = match r.open_table(EXPUNGED) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let (a, m, u) = k.value();
+            out.insert((a.to_string(), m, u), v.value());
+        }
+        return Ok(out);
+    }
+    tx.scan_all(EXPUNGED, |(a, m, u), v| {
+        out.insert((a.to_string(), m, u), v);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
 fn info_of(tx: Tx<'_>, account: &str, rec: MailboxRec) -> Result<MailboxInfo, DbErr> {
     let subscribed = tx.exists(SUBSCRIPTIONS, (account, rec.name.as_str()))?;
     Ok(MailboxInfo {
@@ -235,6 +314,8 @@ fn new_mailbox(
     };
     put_mailbox(ctx, account, &rec)?;
     ctx.put(MAILBOX_NAMES, (account, name), rec.id)?;
+    // Every expunge of a new mailbox is recorded.
+    ctx.put(EXPUNGED, (account, rec.id, HORIZON_UID), 0u64)?;
     if subscribe {
         ctx.put(SUBSCRIPTIONS, (account, name), 1u8)?;
     }
@@ -381,7 +462,15 @@ fn remove_entries(
     for (blob, n) in freed {
         blob_decref(ctx, &blob, n)?;
     }
+    let key = (account, mbox.id, HORIZON_UID);
+    if ctx.r().get_with(EXPUNGED, key, Ok)?.is_none() {
+        // A mailbox older than the expunge records: they are complete from now.
+        ctx.put(EXPUNGED, key, mbox.highest_modseq)?;
+    }
     mbox.highest_modseq += 1;
+    for &uid in &removed {
+        ctx.put(EXPUNGED, (account, mbox.id, uid), mbox.highest_modseq)?;
+    }
     put_mailbox(ctx, account, mbox)?;
     let mut acct = get_account(ctx.r(), account)?.unwrap_or_default();
     acct.bytes = acct.bytes.saturating_sub(bytes);
@@ -405,6 +494,18 @@ fn drop_mailbox(ctx: &mut Ctx<'_>, account: &str, mut mbox: MailboxRec) -> Resul
         .map(|(u, _)| u)
         .collect();
     remove_entries(ctx, account, &mut mbox, &uids)?;
+    let mut records = Vec::new();
+    ctx.r().scan(
+        EXPUNGED,
+        (account, mbox.id, 0u32)..=(account, mbox.id, u32::MAX),
+        |(_, _, uid), _| {
+            records.push(uid);
+            Ok(true)
+        },
+    )?;
+    for uid in records {
+        ctx.del(EXPUNGED, (account, mbox.id, uid))?;
+    }
     ctx.del(MAILBOXES, (account, mbox.id))?;
     ctx.del(MAILBOX_NAMES, (account, mbox.name.as_str()))?;
     ctx.publish(account, mbox.id, MailboxChange::Gone);
@@ -1001,6 +1102,30 @@ impl MailStore for Store {
             return Err(StoreError::NoSuchMailbox(format!("#{mailbox}")));
         }
         Ok(self.inner.feeds.subscribe(&account, mailbox))
+    }
+
+    async fn expunged_since(
+        &self,
+        account: &str,
+        mailbox: MailboxId,
+        since: ModSeq,
+    ) -> Result<Option<Vec<Uid>>, StoreError> {
+        let account = normalize_account(account);
+        self.mail_read(|tx| {
+            if get_mailbox(tx, &account, mailbox)?.is_none() {
+                return Ok(Err(StoreError::NoSuchMailbox(format!("#{mailbox}"))));
+            }
+            let (horizon, records) = expunge_records(tx, &account, mailbox)?;
+            // RFC 7162 §3.2.5: exact only if every expunge above `since`
+            // is recorded.
+            Ok(Ok(horizon.filter(|h| since >= *h).map(|_| {
+                records
+                    .into_iter()
+                    .filter(|(_, m)| *m > since)
+                    .map(|(u, _)| u)
+                    .collect()
+            })))
+        })?
     }
 }
 
