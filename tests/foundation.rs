@@ -217,6 +217,16 @@ fn cli_manages_the_directory_without_a_running_server() {
     ]);
     let tree = ok(&["department", "list", "example.com"]);
     assert!(tree.contains("Sales") && tree.contains("North"), "{tree}");
+    ok(&[
+        "user",
+        "set",
+        "alice@example.com",
+        "--department",
+        "Sales/North",
+    ]);
+    let dept = ok(&["department", "show", "example.com", "Sales/North"]);
+    assert!(dept.contains("alice@example.com"), "{dept}");
+    assert!(ok(&["alias", "show", "sales@example.com"]).contains("partner@remote.example"));
     let out = run(&["department", "remove", "example.com", "Sales"]);
     assert!(
         !out.status.success(),

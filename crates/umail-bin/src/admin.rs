@@ -125,6 +125,9 @@ pub enum AdminRequest {
     AliasList {
         domain: Option<String>,
     },
+    AliasShow {
+        alias: String,
+    },
     AliasRemove {
         alias: String,
     },
@@ -165,6 +168,10 @@ pub enum AdminRequest {
     },
     DepartmentList {
         domain: String,
+    },
+    DepartmentShow {
+        domain: String,
+        name: String,
     },
     DepartmentSet {
         domain: String,
@@ -211,6 +218,7 @@ impl AdminRequest {
             UserImport { .. } => "user import",
             AliasAdd { .. } => "alias add",
             AliasList { .. } => "alias list",
+            AliasShow { .. } => "alias show",
             AliasRemove { .. } => "alias remove",
             ListAdd { .. } => "list add",
             ListList { .. } => "list list",
@@ -221,6 +229,7 @@ impl AdminRequest {
             ListMemberRemove { .. } => "list members remove",
             DepartmentAdd { .. } => "department add",
             DepartmentList { .. } => "department list",
+            DepartmentShow { .. } => "department show",
             DepartmentSet { .. } => "department set",
             DepartmentRemove { .. } => "department remove",
             AdminGrant { .. } => "admin grant",

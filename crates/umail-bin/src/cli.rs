@@ -262,6 +262,8 @@ pub enum AliasCmd {
     },
     /// List aliases, optionally of one domain.
     List { domain: Option<String> },
+    /// Show one alias and its targets.
+    Show { alias: String },
     /// Remove an alias.
     Remove { alias: String },
 }
@@ -333,6 +335,8 @@ pub enum DepartmentCmd {
     },
     /// Show the department tree of a domain.
     List { domain: String },
+    /// Show one department and its users.
+    Show { domain: String, name: String },
     /// Change a department.
     Set {
         domain: String,
@@ -512,6 +516,7 @@ pub fn to_request(command: Command) -> Result<AdminRequest> {
         Command::Alias(cmd) => match cmd {
             AliasCmd::Add { alias, targets } => R::AliasAdd { alias, targets },
             AliasCmd::List { domain } => R::AliasList { domain },
+            AliasCmd::Show { alias } => R::AliasShow { alias },
             AliasCmd::Remove { alias } => R::AliasRemove { alias },
         },
         Command::List(cmd) => match cmd {
@@ -559,6 +564,7 @@ pub fn to_request(command: Command) -> Result<AdminRequest> {
                 leader,
             },
             DepartmentCmd::List { domain } => R::DepartmentList { domain },
+            DepartmentCmd::Show { domain, name } => R::DepartmentShow { domain, name },
             DepartmentCmd::Set {
                 domain,
                 name,

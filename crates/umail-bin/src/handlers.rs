@@ -445,6 +445,15 @@ pub async fn execute(store: &Store, request: AdminRequest) -> AdminReply {
                 .collect();
             Ok(table(&["alias", "targets"], rows))
         }
+        R::AliasShow { alias } => {
+            let a = address(&alias)?;
+            let info = store
+                .get_alias(&a)
+                .map_err(admin_err)?
+                .ok_or_else(|| format!("not found: alias {a}"))?;
+            let rows = info.targets.iter().map(|t| vec![t.to_string()]).collect();
+            Ok(table(&["target"], rows))
+        }
         R::AliasRemove { alias } => {
             let a = address(&alias)?;
             store.remove_alias(&a, None).await.map_err(admin_err)?;
@@ -585,6 +594,35 @@ pub async fn execute(store: &Store, request: AdminRequest) -> AdminReply {
                 })
                 .collect();
             Ok(table(&["department", "path", "order", "leader"], rows))
+        }
+        R::DepartmentShow { domain: d, name } => {
+            let d = domain(&d)?;
+            let dep = store
+                .list_departments(&d)
+                .map_err(admin_err)?
+                .into_iter()
+                .find(|dep| dep.path == name)
+                .ok_or_else(|| format!("not found: department {name} in {d}"))?;
+            let users: Vec<String> = store
+                .list_users(Some(&d))
+                .map_err(admin_err)?
+                .into_iter()
+                .filter(|u| u.department.as_deref() == Some(dep.path.as_str()))
+                .map(|u| u.address.to_string())
+                .collect();
+            Ok(Output::Record {
+                fields: vec![
+                    ("department".to_string(), dep.path.clone()),
+                    ("domain".to_string(), dep.domain.to_string()),
+                    ("parent".to_string(), dep.parent.clone().unwrap_or_default()),
+                    ("order".to_string(), dep.order.to_string()),
+                    (
+                        "leader".to_string(),
+                        dep.leader.map(|l| l.to_string()).unwrap_or_default(),
+                    ),
+                    ("users".to_string(), users.join(", ")),
+                ],
+            })
         }
         R::DepartmentSet {
             domain: d,
