@@ -125,6 +125,8 @@ struct Enabled {
     rev2: bool,
     utf8: bool,
     condstore: bool,
+    /// RFC 7162 §3.2.3: VANISHED instead of EXPUNGE, `SELECT (QRESYNC ...)`.
+    qresync: bool,
 }
 
 /// The result of one command, before the tagged response is written.
@@ -430,6 +432,7 @@ impl Session {
             "ESEARCH",
             "SEARCHRES",
             "CONDSTORE",
+            "QRESYNC",
             "QUOTA",
             "QUOTA=RES-STORAGE",
             "QUOTA=RES-MESSAGE",
@@ -712,9 +715,15 @@ impl Session {
                 vanished,
             } if selected => {
                 if vanished {
-                    return Some(Done::bad("VANISHED requires QRESYNC"));
+                    // RFC 7162 §3.2.6
+                    if !self.enabled.qresync {
+                        return Some(Done::bad("VANISHED requires ENABLE QRESYNC"));
+                    }
+                    if !uid || changed_since.is_none() {
+                        return Some(Done::bad("VANISHED requires UID FETCH with CHANGEDSINCE"));
+                    }
                 }
-                self.fetch(uid, &set, attrs, changed_since).await
+                self.fetch(uid, &set, attrs, changed_since, vanished).await
             }
             CommandBody::Store {
                 uid,
@@ -978,6 +987,7 @@ impl Session {
     async fn sync(&mut self, allow_expunge: bool) {
         let account = self.account();
         let condstore = self.enabled.condstore;
+        let qresync = self.enabled.qresync;
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
@@ -1036,15 +1046,26 @@ impl Session {
                 .filter(|m| m.expunged)
                 .map(|m| m.uid)
                 .collect();
-            Self::announce_expunged(&mut self.out, sel, &gone);
+            Self::announce_expunged(&mut self.out, sel, &gone, qresync);
         }
     }
 
     /// Removes `uids` from the view and writes `* n EXPUNGE` for each, in
-    /// descending order so that every number is right when sent.
-    fn announce_expunged(out: &mut ResponseBuf, sel: &mut Selected, uids: &[Uid]) {
+    /// descending order so that every number is right when sent; or, once
+    /// QRESYNC is enabled, one `* VANISHED uid-set` (RFC 7162 §3.2.10).
+    fn announce_expunged(out: &mut ResponseBuf, sel: &mut Selected, uids: &[Uid], qresync: bool) {
         let mut idx: Vec<usize> = uids.iter().filter_map(|u| sel.index_of(*u)).collect();
         idx.sort_unstable();
+        idx.dedup();
+        if qresync {
+            let gone: Vec<Uid> = idx.iter().map(|i| sel.msgs[*i].uid).collect();
+            let gone_set: std::collections::BTreeSet<Uid> = gone.iter().copied().collect();
+            sel.msgs.retain(|m| !gone_set.contains(&m.uid));
+            if !gone.is_empty() {
+                out.untagged(&format!("VANISHED {}", set_string(&gone)));
+            }
+            return;
+        }
         for i in idx.into_iter().rev() {
             sel.msgs.remove(i);
             out.untagged(&format!("{} EXPUNGE", i + 1));
@@ -1085,6 +1106,12 @@ impl Session {
                     self.enabled.condstore = true;
                     newly.push("CONDSTORE");
                 }
+                "QRESYNC" if !self.enabled.qresync => {
+                    // RFC 7162 §3.2.3: enabling QRESYNC enables CONDSTORE.
+                    self.enabled.qresync = true;
+                    self.enabled.condstore = true;
+                    newly.push("QRESYNC");
+                }
                 _ => {}
             }
         }
@@ -1096,12 +1123,14 @@ impl Session {
 
     async fn select(&mut self, raw: &[u8], read_only: bool, params: SelectParams) -> Done {
         // RFC 9051 §6.3.2: selecting deselects first; rev2 announces it.
-        if self.selected.take().is_some() && self.enabled.rev2 {
+        // RFC 7162 §3.2.11: QRESYNC clients get [CLOSED] too.
+        if self.selected.take().is_some() && (self.enabled.rev2 || self.enabled.qresync) {
             self.out
                 .untagged_status(Status::Ok, Some("CLOSED"), "Previous mailbox closed");
         }
         self.state = SessionState::Authenticated;
-        if params.qresync.is_some() {
+        if params.qresync.is_some() && !self.enabled.qresync {
+            // RFC 7162 §3.2.5: BAD unless ENABLE QRESYNC came first.
             return Done::bad("QRESYNC is not enabled");
         }
         if params.condstore {
@@ -1194,6 +1223,12 @@ impl Session {
             self.out.raw("* LIST () \"/\" ");
             self.out.mailbox(&info.name);
             self.out.crlf();
+        }
+        if let Some(q) = &params.qresync
+            && q.uid_validity == info.uid_validity
+        {
+            // RFC 7162 §3.2.5: a different UIDVALIDITY means a full resync.
+            self.qresync_report(&account, &info, &msgs, q).await;
         }
         self.selected = Some(Selected {
             id: info.id,
@@ -1586,6 +1621,122 @@ impl Session {
 
     /// Indexes of the messages a set names. `Err` for a sequence number
     /// beyond the mailbox (RFC 9051 §6.4.8 asks for BAD).
+    /// The SELECT (QRESYNC ...) report (RFC 7162 §3.2.5): `VANISHED
+    /// (EARLIER)` for the known UIDs expunged after the client's MODSEQ,
+    /// then `FETCH (UID FLAGS MODSEQ)` for the known messages changed after
+    /// it.
+    async fn qresync_report(
+        &mut self,
+        account: &str,
+        info: &MailboxInfo,
+        msgs: &[Msg],
+        q: &codec::QresyncParams,
+    ) {
+        let live: Vec<Uid> = msgs.iter().map(|m| m.uid).collect();
+        let max_uid = info
+            .uid_next
+            .saturating_sub(1)
+            .max(live.last().copied().unwrap_or(0));
+        let known = |uid: Uid| {
+            q.known_uids
+                .as_ref()
+                .is_none_or(|k| k.contains(uid, max_uid))
+        };
+        let recorded = match self
+            .services
+            .store
+            .expunged_since(account, info.id, q.modseq)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(target: "imap", error = %e, "expunged_since failed; falling back");
+                None
+            }
+        };
+        let vanished = match recorded {
+            Some(uids) => {
+                let uids: Vec<Uid> = uids.into_iter().filter(|u| known(*u)).collect();
+                set_string(&uids)
+            }
+            None => {
+                // RFC 7162 §3.2.5.2: without expunge records, every known
+                // UID that no longer exists (a superset the client ignores
+                // where it knows nothing), above the last UID that
+                // seq-match-data shows unchanged.
+                let floor = q
+                    .seq_match
+                    .as_ref()
+                    .map(|(seqs, uids)| seq_match_floor(seqs, uids, &live))
+                    .unwrap_or(0);
+                let all = SequenceSet::Ranges(vec![codec::SeqRange {
+                    start: codec::SeqNum::Value(1),
+                    end: codec::SeqNum::Star,
+                }]);
+                let candidates = q.known_uids.as_ref().unwrap_or(&all);
+                ranges_string(&missing_ranges(candidates, floor, max_uid, &live))
+            }
+        };
+        if !vanished.is_empty() {
+            self.out.untagged(&format!("VANISHED (EARLIER) {vanished}"));
+        }
+        for (i, m) in msgs.iter().enumerate() {
+            if m.modseq > q.modseq && known(m.uid) {
+                self.out.untagged(&format!(
+                    "{} FETCH (UID {} FLAGS {} MODSEQ ({}))",
+                    i + 1,
+                    m.uid,
+                    flag_list(&m.flags),
+                    m.modseq
+                ));
+            }
+        }
+    }
+
+    /// `UID FETCH ... (CHANGEDSINCE n VANISHED)` (RFC 7162 §3.2.6): `*
+    /// VANISHED (EARLIER)` with the UIDs of `set` expunged after `since`
+    /// that this session no longer shows.
+    async fn vanished_earlier(&mut self, set: &SequenceSet, since: ModSeq) {
+        let account = self.account();
+        let Some(sel) = self.selected.as_ref() else {
+            return;
+        };
+        let view: Vec<Uid> = sel.msgs.iter().map(|m| m.uid).collect();
+        let max_uid = sel.max_uid();
+        let set = if *set == SequenceSet::Saved {
+            SequenceSet::from_numbers(&self.saved_search)
+        } else {
+            set.clone()
+        };
+        let recorded = match self
+            .services
+            .store
+            .expunged_since(&account, sel.id, since)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(target: "imap", error = %e, "expunged_since failed; falling back");
+                None
+            }
+        };
+        let vanished = match recorded {
+            Some(uids) => {
+                let uids: Vec<Uid> = uids
+                    .into_iter()
+                    .filter(|u| set.contains(*u, max_uid) && view.binary_search(u).is_err())
+                    .collect();
+                set_string(&uids)
+            }
+            // Every UID of the set this session does not show, up to the
+            // highest it shows (a superset; RFC 7162 §3.2.5.2).
+            None => ranges_string(&missing_ranges(&set, 0, max_uid, &view)),
+        };
+        if !vanished.is_empty() {
+            self.out.untagged(&format!("VANISHED (EARLIER) {vanished}"));
+        }
+    }
+
     fn resolve_set(&self, set: &SequenceSet, uid: bool) -> Result<Vec<usize>, Done> {
         let Some(sel) = self.selected.as_ref() else {
             return Ok(Vec::new());
@@ -1636,6 +1787,7 @@ impl Session {
 
     async fn expunge(&mut self, set: Option<SequenceSet>) -> Done {
         let account = self.account();
+        let qresync = self.enabled.qresync;
         let uids: Option<Vec<Uid>> = match &set {
             Some(s) => match self.resolve_set(s, true) {
                 Ok(idx) => {
@@ -1663,7 +1815,7 @@ impl Session {
             .await
         {
             Ok(removed) => {
-                Self::announce_expunged(&mut self.out, sel, &removed);
+                Self::announce_expunged(&mut self.out, sel, &removed, qresync);
                 Done::ok("EXPUNGE completed")
             }
             Err(e) => store_error(&e),
@@ -1798,11 +1950,15 @@ impl Session {
         set: &SequenceSet,
         mut attrs: Vec<FetchAttr>,
         changed_since: Option<u64>,
+        vanished: bool,
     ) -> Done {
         let idx = match self.resolve_set(set, uid) {
             Ok(i) => i,
             Err(d) => return d,
         };
+        if vanished && let Some(since) = changed_since {
+            self.vanished_earlier(set, since).await;
+        }
         if changed_since.is_some() || attrs.contains(&FetchAttr::ModSeq) {
             // RFC 7162 §3.1: these enable CONDSTORE.
             self.enabled.condstore = true;
@@ -2150,6 +2306,7 @@ impl Session {
             Err(d) => return d,
         };
         let account = self.account();
+        let qresync = self.enabled.qresync;
         match self.services.store.mailbox(&account, &name).await {
             // RFC 9051 §6.4.7: TRYCREATE.
             Ok(None) => return Done::no(Some("TRYCREATE"), "No such mailbox"),
@@ -2197,12 +2354,119 @@ impl Session {
             // RFC 6851 §4.3: COPYUID goes in an untagged OK before the expunges.
             self.out.untagged_status(Status::Ok, Some(&code), "Moved");
             let moved: Vec<Uid> = pairs.iter().map(|p| p.0).collect();
-            Self::announce_expunged(&mut self.out, sel, &moved);
+            Self::announce_expunged(&mut self.out, sel, &moved, qresync);
             Done::ok("MOVE completed")
         } else {
             Done::ok_code(code, "COPY completed")
         }
     }
+}
+
+/// The UIDs of `set` above `floor` and at most `max` that are not in
+/// `live` (ascending), as inclusive ranges, without enumerating the set.
+fn missing_ranges(set: &SequenceSet, floor: Uid, max: Uid, live: &[Uid]) -> Vec<(Uid, Uid)> {
+    let SequenceSet::Ranges(ranges) = set else {
+        return Vec::new();
+    };
+    let resolve = |n: codec::SeqNum| match n {
+        codec::SeqNum::Value(v) => v,
+        codec::SeqNum::Star => max,
+    };
+    let mut spans: Vec<(Uid, Uid)> = ranges
+        .iter()
+        .filter_map(|r| {
+            let (a, b) = (resolve(r.start), resolve(r.end));
+            let lo = a.min(b).max(floor.saturating_add(1)).max(1);
+            let hi = a.max(b).min(max);
+            (lo <= hi).then_some((lo, hi))
+        })
+        .collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(Uid, Uid)> = Vec::new();
+    for (lo, hi) in spans {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    let mut out = Vec::new();
+    for (lo, hi) in merged {
+        // u64 so that a live UID of u32::MAX cannot wrap.
+        let mut next = u64::from(lo);
+        let start = live.partition_point(|u| *u < lo);
+        for &u in live[start..].iter().take_while(|u| **u <= hi) {
+            if u64::from(u) > next {
+                out.push((next as Uid, u - 1));
+            }
+            next = u64::from(u) + 1;
+        }
+        if next <= u64::from(hi) {
+            out.push((next as Uid, hi));
+        }
+    }
+    out
+}
+
+/// RFC 7162 §3.2.5.2: the highest UID in `seq-match-data` whose sequence
+/// number is unchanged, so that nothing at or below it was expunged. 0 when
+/// none matches or the data is malformed or too long to check.
+fn seq_match_floor(seqs: &SequenceSet, uids: &SequenceSet, live: &[Uid]) -> Uid {
+    const MAX_PAIRS: usize = 4096;
+    let expand = |set: &SequenceSet, star: u32| -> Option<Vec<u32>> {
+        let SequenceSet::Ranges(ranges) = set else {
+            return None;
+        };
+        let mut out = Vec::new();
+        for r in ranges {
+            let a = match r.start {
+                codec::SeqNum::Value(v) => v,
+                codec::SeqNum::Star => star,
+            };
+            let b = match r.end {
+                codec::SeqNum::Value(v) => v,
+                codec::SeqNum::Star => star,
+            };
+            let (lo, hi) = (a.min(b), a.max(b));
+            if (hi - lo) as usize >= MAX_PAIRS.saturating_sub(out.len()) {
+                return None;
+            }
+            out.extend(lo..=hi);
+        }
+        Some(out)
+    };
+    let count = u32::try_from(live.len()).unwrap_or(u32::MAX);
+    let max_uid = live.last().copied().unwrap_or(0);
+    let (Some(seqs), Some(uids)) = (expand(seqs, count), expand(uids, max_uid)) else {
+        return 0;
+    };
+    if seqs.len() != uids.len() {
+        return 0;
+    }
+    seqs.iter()
+        .zip(&uids)
+        .filter(|(s, u)| {
+            s.checked_sub(1)
+                .and_then(|i| live.get(i as usize))
+                .is_some_and(|l| l == *u)
+        })
+        .map(|(_, u)| *u)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Formats inclusive ranges as a sequence set (`1:3,7`).
+fn ranges_string(ranges: &[(Uid, Uid)]) -> String {
+    ranges
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}:{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Formats numbers as a compact sequence set (`1:3,7`).
@@ -2255,5 +2519,40 @@ mod tests {
     fn sets() {
         assert_eq!(set_string(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
         assert_eq!(set_string(&[]), "");
+    }
+
+    fn parse_set(s: &str) -> SequenceSet {
+        let cmd = format!("a UID FETCH {s} FLAGS\r\n");
+        match codec::parse_command(cmd.as_bytes()).map(|c| c.body) {
+            Ok(CommandBody::Fetch { set, .. }) => set,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_ranges_subtracts_live_uids_without_enumerating() {
+        let live = [2, 3, 7, 10];
+        let r = missing_ranges(&parse_set("1:*"), 0, 10, &live);
+        assert_eq!(ranges_string(&r), "1,4:6,8:9");
+        let r = missing_ranges(&parse_set("5:1,9,20:30"), 0, 12, &live);
+        assert_eq!(ranges_string(&r), "1,4:5,9");
+        let r = missing_ranges(&parse_set("1:4294967295"), 3, u32::MAX, &[u32::MAX]);
+        assert_eq!(r, vec![(4, u32::MAX - 1)]);
+        assert!(missing_ranges(&parse_set("1:10"), 10, 10, &live).is_empty());
+    }
+
+    #[test]
+    fn seq_match_data_finds_the_unchanged_prefix() {
+        let live = [1, 2, 4, 5, 8];
+        // The client's 3rd message was UID 4 and still is; its 5th was 6.
+        assert_eq!(
+            seq_match_floor(&parse_set("3,5"), &parse_set("4,6"), &live),
+            4
+        );
+        assert_eq!(seq_match_floor(&parse_set("3"), &parse_set("3"), &live), 0);
+        assert_eq!(
+            seq_match_floor(&parse_set("1:2"), &parse_set("1"), &live),
+            0
+        );
     }
 }

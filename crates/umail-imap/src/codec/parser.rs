@@ -499,17 +499,19 @@ fn command_body(c: &mut Cursor<'_>) -> PResult<CommandBody> {
                             c.sp()?;
                             let modseq = c.number64()?;
                             let mut known_uids = None;
+                            let mut seq_match = None;
                             if c.eat(b' ') {
                                 if c.peek() != Some(b'(') {
                                     known_uids = Some(c.sequence_set()?);
                                     c.eat(b' ');
                                 }
                                 if c.eat(b'(') {
-                                    // seq-match-data: accepted and ignored.
-                                    c.sequence_set()?;
+                                    // seq-match-data = known-sequence-set SP known-uid-set
+                                    let seqs = c.sequence_set()?;
                                     c.sp()?;
-                                    c.sequence_set()?;
+                                    let uids = c.sequence_set()?;
                                     c.expect(b')')?;
+                                    seq_match = Some((seqs, uids));
                                 }
                             }
                             c.expect(b')')?;
@@ -517,6 +519,7 @@ fn command_body(c: &mut Cursor<'_>) -> PResult<CommandBody> {
                                 uid_validity,
                                 modseq,
                                 known_uids,
+                                seq_match,
                             });
                         }
                         _ => return Err(format!("unknown select parameter {p}")),
@@ -1386,6 +1389,20 @@ mod tests {
         );
         let c = p("a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))\r\n");
         assert!(matches!(c.body, CommandBody::Select { .. }));
+        // RFC 7162 §3.2.5.2 example with seq-match-data.
+        let c = p(
+            "B02 SELECT INBOX (QRESYNC (67890007 90060115194045000 1:29997 (5000,7500,9000,9990:9999 15000,22500,27000,29970,29973,29976,29979,29982,29985,29988,29991,29994,29997)))\r\n",
+        );
+        let CommandBody::Select { params, .. } = c.body else {
+            panic!("not a SELECT");
+        };
+        let q = params.qresync.expect("QRESYNC parameter");
+        assert_eq!(q.uid_validity, 67890007);
+        assert_eq!(q.modseq, 90060115194045000);
+        assert!(q.known_uids.is_some_and(|k| k.contains(29997, 0)));
+        let (seqs, uids) = q.seq_match.expect("seq-match-data");
+        assert!(seqs.contains(9995, 0) && uids.contains(29979, 0));
+        assert!(parse_command(b"a SELECT INBOX (QRESYNC (1 2 1:5 (1)))\r\n").is_err());
     }
 
     #[test]

@@ -326,7 +326,7 @@ pub enum StoreMode {
 pub struct SelectParams {
     /// `(CONDSTORE)`
     pub condstore: bool,
-    /// `(QRESYNC (uidvalidity modseq [known-uids]))`
+    /// `(QRESYNC (uidvalidity modseq [known-uids [seq-match-data]]))`
     pub qresync: Option<QresyncParams>,
 }
 
@@ -339,6 +339,9 @@ pub struct QresyncParams {
     pub modseq: u64,
     /// UIDs the client knows, if it said.
     pub known_uids: Option<SequenceSet>,
+    /// `seq-match-data`: message sequence numbers the client knows and the
+    /// UIDs it has for them, in the same order (RFC 7162 §3.2.5.2).
+    pub seq_match: Option<(SequenceSet, SequenceSet)>,
 }
 
 /// What a command asks for.
