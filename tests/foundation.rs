@@ -392,3 +392,56 @@ fn version_and_help_work() {
         assert!(text.contains(cmd), "{text}");
     }
 }
+
+#[test]
+fn first_start_without_a_hostname_hosts_the_machine_name_or_localhost() {
+    // The README's first command sets no hostname: the first domain is the
+    // machine's FQDN, or `localhost` when it has none (single-label names
+    // are otherwise refused). Listeners on port 0, as every test.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("umail.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = \"{}\"\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(umail_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.unwrap();
+        let ready = line.starts_with("umail: ready");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = lines.join("\n");
+    assert!(
+        text.contains("umail: ready"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let expected = if machine.trim().contains('.') {
+        machine.trim().to_ascii_lowercase()
+    } else {
+        "localhost".to_string()
+    };
+    assert!(
+        text.contains(&format!("system administrator admin@{expected} ")),
+        "{text}"
+    );
+}

@@ -656,7 +656,9 @@ fn check_domain_name(domain: &Domain) -> Result<(), AdminError> {
             "an address literal cannot be hosted".into(),
         ));
     }
-    if !domain.as_str().contains('.') {
+    // A single-label name is only hosted as `localhost` (the first domain of a
+    // development server with no FQDN).
+    if !domain.as_str().contains('.') && domain.as_str() != "localhost" {
         return Err(AdminError::Invalid(format!(
             "{domain} is not a fully qualified domain"
         )));
