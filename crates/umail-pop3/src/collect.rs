@@ -12,7 +12,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use async_trait::async_trait;
+/// Re-exported so implementors of [`CollectionState`] need not depend on
+/// `async-trait` themselves.
+pub use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::Instrument;
 use umail_core::store::INBOX;
@@ -47,6 +49,20 @@ pub trait CollectionState: Send + Sync {
     /// Forgets the ids of `source` not in `keep` (messages no longer on the
     /// server), so the set stays as small as the remote mailbox.
     async fn retain(&self, source: &str, keep: &HashSet<String>) -> Result<(), StateError>;
+
+    /// True when `id` is recorded for `source`. The default reads the
+    /// whole set; stores should answer with one lookup.
+    async fn contains(&self, source: &str, id: &str) -> Result<bool, StateError> {
+        Ok(self.seen(source).await?.contains(id))
+    }
+
+    /// The ids of `source` recorded before `cutoff` (Unix time), for
+    /// "delete from the server N days after collecting". The default
+    /// (a state that keeps no times) returns none, so nothing is deleted.
+    async fn seen_before(&self, source: &str, cutoff: i64) -> Result<HashSet<String>, StateError> {
+        let _ = (source, cutoff);
+        Ok(HashSet::new())
+    }
 }
 
 /// A [`CollectionState`] in memory (tests, and a model for stores).
@@ -105,6 +121,10 @@ pub struct RemoteAccount {
     /// Messages larger than this (by `LIST`) are skipped and left on the
     /// server.
     pub max_message_size: u64,
+    /// With `leave_on_server`: delete a message from the server once it
+    /// was collected this many seconds ago (0 = never). Needs a
+    /// [`CollectionState`] that keeps times ([`CollectionState::seen_before`]).
+    pub delete_after_secs: u64,
 }
 
 impl RemoteAccount {
@@ -206,6 +226,10 @@ pub struct DomainPopRouting {
     pub dedupe_message_id: bool,
     /// Most local recipients one message is delivered to.
     pub max_recipients: usize,
+    /// Header fields recipients are read from, in order (case-insensitive;
+    /// empty = [`ROUTING_HEADERS`]). The `for` clause of `Received` is
+    /// always read last.
+    pub headers: Vec<String>,
 }
 
 impl Default for DomainPopRouting {
@@ -214,6 +238,7 @@ impl Default for DomainPopRouting {
             fallback: None,
             dedupe_message_id: true,
             max_recipients: 100,
+            headers: Vec::new(),
         }
     }
 }
@@ -278,6 +303,14 @@ async fn collect_in_span(
         Err(e) => return Err(e.into()),
     };
     let seen = state.seen(&source).await?;
+    let expired = if remote.leave_on_server && remote.delete_after_secs > 0 {
+        let age = i64::try_from(remote.delete_after_secs).unwrap_or(i64::MAX);
+        state
+            .seen_before(&source, umail_core::unix_now().saturating_sub(age))
+            .await?
+    } else {
+        HashSet::new()
+    };
     let mut report = FetchReport {
         on_server: uidls.len(),
         ..FetchReport::default()
@@ -286,7 +319,7 @@ async fn collect_in_span(
     for (n, uidl) in &uidls {
         if seen.contains(uidl) {
             report.already_seen += 1;
-            if remote.leave_on_server {
+            if remote.leave_on_server && !expired.contains(uidl) {
                 remaining.insert(uidl.clone());
             } else {
                 client.dele(*n).await?;
@@ -366,14 +399,14 @@ impl Sink<'_> {
                     .map(|v| v.trim().to_string())
                     .filter(|v| !v.is_empty());
                 if let Some(id) = &message_id
-                    && state.seen(message_id_key).await?.contains(id)
+                    && state.contains(message_id_key, id).await?
                 {
                     report.duplicates += 1;
                     return Ok(());
                 }
                 let mut accounts = route(
                     *directory,
-                    &candidate_addresses(&message),
+                    &candidate_addresses_in(&message, &routing.headers),
                     routing.max_recipients,
                 )
                 .await?;
@@ -475,13 +508,24 @@ pub fn addresses_in(value: &str) -> Vec<Address> {
 /// duplicates: `Delivered-To`, `X-Original-To`, `X-Envelope-To`, `To`,
 /// `Cc`, then the `for <addr>` clause of `Received` fields.
 pub fn candidate_addresses(message: &[u8]) -> Vec<Address> {
+    candidate_addresses_in(message, &[])
+}
+
+/// Like [`candidate_addresses`] with the header list `headers` instead of
+/// [`ROUTING_HEADERS`] (empty = the default list).
+pub fn candidate_addresses_in(message: &[u8], headers: &[String]) -> Vec<Address> {
     let mut out: Vec<Address> = Vec::new();
     let mut push = |a: Address| {
         if !out.iter().any(|b| b.lookup_key() == a.lookup_key()) {
             out.push(a);
         }
     };
-    for name in ROUTING_HEADERS {
+    let names: Vec<&str> = if headers.is_empty() {
+        ROUTING_HEADERS.to_vec()
+    } else {
+        headers.iter().map(String::as_str).collect()
+    };
+    for name in names {
         for v in header_values(message, name) {
             addresses_in(&v).into_iter().for_each(&mut push);
         }

@@ -31,6 +31,7 @@ fn remote(f: &Fixture, security: Security) -> RemoteAccount {
         leave_on_server: true,
         max_messages_per_fetch: 0,
         max_message_size: 1024 * 1024,
+        delete_after_secs: 0,
     }
 }
 

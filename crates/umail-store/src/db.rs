@@ -53,7 +53,26 @@ pub(crate) const QUEUE_CONTENT: TableDefinition<u64, &[u8]> = TableDefinition::n
 /// `(next attempt, queue id)` → 1 for entries in `Active` or `Deferred` state.
 pub(crate) const QUEUE_DUE: TableDefinition<(i64, u64), u8> = TableDefinition::new("queue_due");
 
-/// Named counters: `uidvalidity`, `queue_id`, `schema`.
+/// `(account, remote account id)` → MultiPOP account (JSON).
+pub(crate) const REMOTE_ACCOUNTS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("remote_accounts");
+/// `domain` → DomainPOP account (JSON).
+pub(crate) const DOMAIN_POP: TableDefinition<&str, &[u8]> = TableDefinition::new("domain_pop");
+/// `domain` or `*` (system-wide) → collection limits (JSON).
+pub(crate) const COLLECT_LIMITS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("collect_limits");
+/// `(seen set, id)` → time the id was first recorded.
+pub(crate) const COLLECT_SEEN: TableDefinition<(&str, &str), i64> =
+    TableDefinition::new("collect_seen");
+/// `(seen set, first recorded, id)` → 1: age order, to bound sets and to
+/// find ids older than a cutoff.
+pub(crate) const COLLECT_SEEN_AGE: TableDefinition<(&str, i64, &str), u8> =
+    TableDefinition::new("collect_seen_age");
+/// `seen set` → number of ids in it.
+pub(crate) const COLLECT_SEEN_COUNT: TableDefinition<&str, u64> =
+    TableDefinition::new("collect_seen_count");
+
+/// Named counters: `uidvalidity`, `queue_id`, `remote_account_id`, `schema`.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// A storage-level failure (redb or encoding), as text.
@@ -253,6 +272,12 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), DbErr> {
     tx.open_table(QUEUE)?;
     tx.open_table(QUEUE_CONTENT)?;
     tx.open_table(QUEUE_DUE)?;
+    tx.open_table(REMOTE_ACCOUNTS)?;
+    tx.open_table(DOMAIN_POP)?;
+    tx.open_table(COLLECT_LIMITS)?;
+    tx.open_table(COLLECT_SEEN)?;
+    tx.open_table(COLLECT_SEEN_AGE)?;
+    tx.open_table(COLLECT_SEEN_COUNT)?;
     let mut meta = tx.open_table(META)?;
     if meta.get("schema")?.is_none() {
         meta.insert("schema", 1u64)?;
@@ -300,5 +325,11 @@ pub(crate) fn copy_all(src: &ReadTransaction, dst: &WriteTransaction) -> Result<
         + copy_table(src, dst, QUEUE)?
         + copy_table(src, dst, QUEUE_CONTENT)?
         + copy_table(src, dst, QUEUE_DUE)?
+        + copy_table(src, dst, REMOTE_ACCOUNTS)?
+        + copy_table(src, dst, DOMAIN_POP)?
+        + copy_table(src, dst, COLLECT_LIMITS)?
+        + copy_table(src, dst, COLLECT_SEEN)?
+        + copy_table(src, dst, COLLECT_SEEN_AGE)?
+        + copy_table(src, dst, COLLECT_SEEN_COUNT)?
         + copy_table(src, dst, META)?)
 }

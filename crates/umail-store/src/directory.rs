@@ -690,6 +690,7 @@ fn delete_user(ctx: &mut Ctx<'_>, rec: &UserRec) -> Result<(), DbErr> {
     let account = rec.address.lookup_key();
     let (d, l) = akey(&rec.address);
     purge_account(ctx, &account)?;
+    crate::collection::purge_user(ctx, &account)?;
     ctx.del(ADMINS, account.as_str())?;
     ctx.del(USERS, (d.as_str(), l.as_str()))?;
     // Alias targets and list memberships pointing at the user.
@@ -984,6 +985,7 @@ impl Store {
                 }
             }
             ctx.del(DOMAINS, d)?;
+            crate::collection::purge_domain(ctx, d)?;
             tracing::info!(target: "admin", domain = d, users = users.len(), "domain removed");
             Ok(())
         })

@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod check;
+pub mod collection;
 mod db;
 mod directory;
 mod mail;
@@ -50,6 +51,10 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadTransaction, ReadableDatabase};
 
+pub use collection::{
+    CollectLimits, DomainPopConfig, DomainPopInfo, FetchOutcome, FetchStatus, RemoteAccountConfig,
+    RemoteAccountInfo, RemotePassword, RemoteServer, TlsMode,
+};
 pub use directory::{
     AliasInfo, DepartmentInfo, DepartmentUpdate, DomainInfo, DomainStats, DomainUpdate, EVERYONE,
     NewDepartment, NewDomain, NewUser, UserInfo, UserUpdate,

@@ -1,0 +1,1218 @@
+//! Remote collection: per-user MultiPOP accounts, per-domain DomainPOP
+//! accounts, admin limits, fetch status with backoff, and the "seen" sets
+//! (collected UIDLs, delivered Message-IDs) that make collection
+//! idempotent.
+//!
+//! The store knows nothing about POP3 itself: it keeps configuration and
+//! generic id sets. The `umail` binary adapts these to
+//! `umail_pop3::collect::CollectionState`.
+//!
+//! Remote passwords must be usable, so they are stored as given (inside the
+//! database file, which only the server's user can read). They are wrapped
+//! in [`RemotePassword`], whose `Debug` prints `***`, and are never logged.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use umail_core::{Address, Domain};
+
+use crate::db::{
+    COLLECT_LIMITS, COLLECT_SEEN, COLLECT_SEEN_AGE, COLLECT_SEEN_COUNT, DOMAIN_POP, DbErr,
+    REMOTE_ACCOUNTS, Tx, USERS,
+};
+use crate::writer::{Ctx, Fail};
+use crate::{AdminError, Store};
+
+type R<T> = Result<T, Fail<AdminError>>;
+
+fn reject<T>(e: AdminError) -> R<T> {
+    Err(Fail::Reject(e))
+}
+
+fn storage<T>(r: Result<T, DbErr>) -> Result<T, AdminError> {
+    r.map_err(AdminError::storage)
+}
+
+/// Default poll interval of a remote account, in seconds.
+pub const DEFAULT_FETCH_INTERVAL_SECS: u64 = 300;
+/// Shortest accepted poll interval, in seconds.
+pub const MIN_FETCH_INTERVAL_SECS: u64 = 5;
+/// Longest delay between attempts after repeated failures, in seconds.
+pub const MAX_BACKOFF_SECS: u64 = 6 * 3600;
+/// Default bound of a DomainPOP Message-ID de-duplication set.
+pub const DEFAULT_MAX_MESSAGE_IDS: u64 = 10_000;
+/// Default largest message collected (bytes).
+pub const DEFAULT_MAX_REMOTE_MESSAGE: u64 = 50 * 1024 * 1024;
+/// Longest text kept as the result of the last fetch.
+const MAX_RESULT_TEXT: usize = 512;
+/// Longest id stored in a seen set (UIDLs are at most 70 characters per
+/// RFC 1939; Message-IDs are longer but bounded here).
+pub const MAX_SEEN_ID: usize = 998;
+
+/// A remote password. `Debug` never shows it; serialized as a plain string
+/// (it must be usable to log in).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RemotePassword(String);
+
+impl RemotePassword {
+    /// Wraps a password.
+    pub fn new(s: impl Into<String>) -> RemotePassword {
+        RemotePassword(s.into())
+    }
+
+    /// The password itself, to send it to the remote server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RemotePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemotePassword(***)")
+    }
+}
+
+/// How the connection to the remote server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// TLS from the first byte (POP3S, port 995).
+    #[default]
+    Implicit,
+    /// `STLS` required before logging in (port 110).
+    Starttls,
+    /// No TLS (trusted networks only; the password crosses in the clear
+    /// unless APOP is used).
+    None,
+}
+
+impl TlsMode {
+    /// The name an operator types (`implicit`, `starttls`, `none`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsMode::Implicit => "implicit",
+            TlsMode::Starttls => "starttls",
+            TlsMode::None => "none",
+        }
+    }
+
+    /// Parses `implicit`/`tls`/`ssl`, `starttls`/`stls`, `none`/`plain`.
+    pub fn parse(s: &str) -> Option<TlsMode> {
+        match s.to_ascii_lowercase().as_str() {
+            "implicit" | "tls" | "ssl" | "pop3s" => Some(TlsMode::Implicit),
+            "starttls" | "stls" => Some(TlsMode::Starttls),
+            "none" | "plain" => Some(TlsMode::None),
+            _ => None,
+        }
+    }
+}
+
+/// Where a remote mailbox lives and how to log in to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteServer {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS mode.
+    pub tls: TlsMode,
+    /// Verify the server's certificate (default on). Off only for
+    /// self-signed servers on trusted networks.
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    /// Extra trusted certificate(s), PEM file (e.g. the old server's
+    /// self-signed certificate).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Remote login name.
+    pub username: String,
+    /// Remote password.
+    pub password: RemotePassword,
+    /// Log in with APOP instead of a password login.
+    #[serde(default)]
+    pub apop: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RemoteServer {
+    /// `user@host:port`, for listings and logs (no password).
+    pub fn display(&self) -> String {
+        format!("{}@{}:{}", self.username, self.host, self.port)
+    }
+
+    fn validate(&self) -> Result<(), AdminError> {
+        if self.host.is_empty()
+            || self.host.len() > 255
+            || self
+                .host
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(AdminError::Invalid(format!(
+                "`{}` is not a host name",
+                self.host
+            )));
+        }
+        if self.port == 0 {
+            return Err(AdminError::Invalid("the port cannot be 0".into()));
+        }
+        let bad = |s: &str| s.is_empty() || s.len() > 1024 || s.chars().any(|c| c.is_control());
+        if bad(&self.username) || self.username.contains(' ') {
+            return Err(AdminError::Invalid("bad remote user name".into()));
+        }
+        if bad(self.password.expose()) {
+            return Err(AdminError::Invalid(
+                "the remote password is empty or has control characters".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What happened at the last fetches of a remote account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchStatus {
+    /// When the last fetch started (Unix time).
+    pub last_attempt: Option<i64>,
+    /// When the last successful fetch ended.
+    pub last_success: Option<i64>,
+    /// A one-line result of the last fetch (never contains the password).
+    pub last_result: String,
+    /// Failures in a row (0 after a success).
+    pub failures: u32,
+    /// Earliest time of the next scheduled fetch (0 = as soon as possible).
+    pub next_attempt: i64,
+    /// Messages collected over the account's life.
+    pub fetched_total: u64,
+}
+
+/// The result of one fetch, as recorded by [`Store::record_remote_fetch`]
+/// and [`Store::record_domain_pop_fetch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchOutcome {
+    /// When the fetch started.
+    pub started: i64,
+    /// When it ended.
+    pub finished: i64,
+    /// Success or failure.
+    pub ok: bool,
+    /// Messages collected.
+    pub fetched: u64,
+    /// One-line summary or error (must not contain the password).
+    pub message: String,
+}
+
+/// The delay before the next attempt: the interval after a success,
+/// doubled per failure in a row, at most [`MAX_BACKOFF_SECS`] (but never
+/// below the interval).
+pub fn backoff_delay(interval_secs: u64, failures: u32) -> u64 {
+    if failures == 0 {
+        return interval_secs;
+    }
+    let factor = 1u64 << failures.min(16);
+    interval_secs
+        .saturating_mul(factor)
+        .min(MAX_BACKOFF_SECS)
+        .max(interval_secs)
+}
+
+impl FetchStatus {
+    fn apply(&mut self, outcome: &FetchOutcome, interval_secs: u64) {
+        self.last_attempt = Some(outcome.started);
+        let mut text = outcome.message.replace(['\r', '\n'], " ");
+        if text.len() > MAX_RESULT_TEXT {
+            let mut cut = MAX_RESULT_TEXT;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        self.last_result = text;
+        self.fetched_total = self.fetched_total.saturating_add(outcome.fetched);
+        if outcome.ok {
+            self.last_success = Some(outcome.finished);
+            self.failures = 0;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+        }
+        let delay = backoff_delay(interval_secs, self.failures);
+        self.next_attempt = outcome
+            .finished
+            .saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+    }
+}
+
+/// Settings of one MultiPOP account (a user's remote mailbox).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteAccountConfig {
+    /// The remote server and login.
+    pub server: RemoteServer,
+    /// Local mailbox the messages go to (default `INBOX`).
+    pub folder: String,
+    /// Keep collected messages on the remote server (tracked by UIDL).
+    pub leave_on_server: bool,
+    /// With `leave_on_server`: delete a collected message from the server
+    /// this many days after it was collected (0 = never).
+    pub delete_after_days: u32,
+    /// Larger messages are skipped and left on the server (0 = the default,
+    /// [`DEFAULT_MAX_REMOTE_MESSAGE`]).
+    pub max_message_size: u64,
+    /// Collected on schedule.
+    pub enabled: bool,
+    /// Poll interval in seconds (at least [`MIN_FETCH_INTERVAL_SECS`]).
+    pub interval_secs: u64,
+}
+
+impl RemoteAccountConfig {
+    /// Defaults: INBOX, leave on server, never delete, 50 MiB, enabled,
+    /// every 300 s.
+    pub fn new(server: RemoteServer) -> RemoteAccountConfig {
+        RemoteAccountConfig {
+            server,
+            folder: umail_core::store::INBOX.to_string(),
+            leave_on_server: true,
+            delete_after_days: 0,
+            max_message_size: DEFAULT_MAX_REMOTE_MESSAGE,
+            enabled: true,
+            interval_secs: DEFAULT_FETCH_INTERVAL_SECS,
+        }
+    }
+
+    fn validate(&self) -> Result<(), AdminError> {
+        self.server.validate()?;
+        if self.folder.trim().is_empty() || self.folder.chars().any(|c| c.is_control()) {
+            return Err(AdminError::Invalid("bad target folder name".into()));
+        }
+        if self.interval_secs < MIN_FETCH_INTERVAL_SECS {
+            return Err(AdminError::Invalid(format!(
+                "the interval must be at least {MIN_FETCH_INTERVAL_SECS} seconds"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A stored MultiPOP account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteAccountInfo {
+    /// Local account (lower-cased address) that owns it.
+    pub account: String,
+    /// Number of the remote account, unique in the database.
+    pub id: u64,
+    /// Settings.
+    pub config: RemoteAccountConfig,
+    /// Fetch status.
+    pub status: FetchStatus,
+    /// When it was added.
+    pub created: i64,
+}
+
+impl RemoteAccountInfo {
+    /// Prefix of the names of this account's seen sets.
+    pub fn seen_prefix(&self) -> String {
+        remote_seen_prefix(&self.account, self.id)
+    }
+}
+
+/// Prefix of the seen sets of MultiPOP account `id` of `account`.
+pub fn remote_seen_prefix(account: &str, id: u64) -> String {
+    format!("multipop/{account}/{id}/")
+}
+
+/// Prefix of the seen sets of the DomainPOP account of `domain`.
+pub fn domain_pop_seen_prefix(domain: &str) -> String {
+    format!("domainpop/{domain}/")
+}
+
+/// Prefix of the seen sets of `umail import` runs into `account`.
+pub fn import_seen_prefix(account: &str) -> String {
+    format!("import/{account}/")
+}
+
+/// Settings of a domain's DomainPOP account (a catch-all remote mailbox
+/// routed to local users by its headers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainPopConfig {
+    /// The remote server and login.
+    pub server: RemoteServer,
+    /// Keep collected messages on the remote server.
+    pub leave_on_server: bool,
+    /// With `leave_on_server`: delete after this many days (0 = never).
+    pub delete_after_days: u32,
+    /// Larger messages are skipped (0 = [`DEFAULT_MAX_REMOTE_MESSAGE`]).
+    pub max_message_size: u64,
+    /// Collected on schedule.
+    pub enabled: bool,
+    /// Poll interval in seconds.
+    pub interval_secs: u64,
+    /// Header fields to take recipients from, in order (empty = the
+    /// default list: Delivered-To, X-Original-To, X-Envelope-To, To, Cc).
+    pub headers: Vec<String>,
+    /// Who gets messages no header routes (usually the postmaster).
+    pub fallback: Option<String>,
+    /// Deliver each Message-ID only once (default on).
+    pub dedupe_message_id: bool,
+    /// Most Message-IDs remembered for de-duplication; the oldest are
+    /// forgotten first (0 = [`DEFAULT_MAX_MESSAGE_IDS`]).
+    pub max_message_ids: u64,
+}
+
+impl DomainPopConfig {
+    /// Defaults: leave on server, 50 MiB, enabled, every 300 s, default
+    /// headers, no fallback, de-duplication on with 10 000 ids.
+    pub fn new(server: RemoteServer) -> DomainPopConfig {
+        DomainPopConfig {
+            server,
+            leave_on_server: true,
+            delete_after_days: 0,
+            max_message_size: DEFAULT_MAX_REMOTE_MESSAGE,
+            enabled: true,
+            interval_secs: DEFAULT_FETCH_INTERVAL_SECS,
+            headers: Vec::new(),
+            fallback: None,
+            dedupe_message_id: true,
+            max_message_ids: DEFAULT_MAX_MESSAGE_IDS,
+        }
+    }
+
+    fn validate(&self) -> Result<(), AdminError> {
+        self.server.validate()?;
+        if self.interval_secs < MIN_FETCH_INTERVAL_SECS {
+            return Err(AdminError::Invalid(format!(
+                "the interval must be at least {MIN_FETCH_INTERVAL_SECS} seconds"
+            )));
+        }
+        for h in &self.headers {
+            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                return Err(AdminError::Invalid(format!("`{h}` is not a header name")));
+            }
+        }
+        if let Some(f) = &self.fallback {
+            Address::parse(f).map_err(|e| AdminError::Invalid(format!("fallback `{f}`: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// A stored DomainPOP account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainPopInfo {
+    /// The local domain it delivers to.
+    pub domain: String,
+    /// Settings.
+    pub config: DomainPopConfig,
+    /// Fetch status.
+    pub status: FetchStatus,
+    /// When it was configured.
+    pub created: i64,
+}
+
+/// Admin limits on remote collection, system-wide or per domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectLimits {
+    /// Most MultiPOP accounts per user (0 = unlimited).
+    pub max_accounts_per_user: u64,
+    /// Most messages collected per remote mailbox per fetch (0 =
+    /// unlimited); the rest waits for the next fetch.
+    pub max_messages_per_fetch: u64,
+}
+
+impl Default for CollectLimits {
+    /// 5 accounts per user, 500 messages per fetch.
+    fn default() -> Self {
+        CollectLimits {
+            max_accounts_per_user: 5,
+            max_messages_per_fetch: 500,
+        }
+    }
+}
+
+/// Scope key of the system-wide limits.
+const GLOBAL_SCOPE: &str = "*";
+
+fn user_exists(tx: Tx<'_>, a: &Address) -> Result<bool, DbErr> {
+    let d = a.domain().as_str().to_string();
+    let l = a.local_part().to_lowercase();
+    tx.exists(USERS, (d.as_str(), l.as_str()))
+}
+
+fn effective_limits(tx: Tx<'_>, domain: Option<&str>) -> Result<CollectLimits, DbErr> {
+    if let Some(d) = domain
+        && let Some(l) = tx.get_json(COLLECT_LIMITS, d)?
+    {
+        return Ok(l);
+    }
+    Ok(tx
+        .get_json(COLLECT_LIMITS, GLOBAL_SCOPE)?
+        .unwrap_or_default())
+}
+
+fn remote_accounts_of(tx: Tx<'_>, account: &str) -> Result<Vec<RemoteAccountInfo>, DbErr> {
+    let mut out = Vec::new();
+    tx.scan(
+        REMOTE_ACCOUNTS,
+        (account, 0u64)..=(account, u64::MAX),
+        |_, v| {
+            out.push(crate::db::dec(v)?);
+            Ok(true)
+        },
+    )?;
+    Ok(out)
+}
+
+/// Deletes every seen set whose name starts with `prefix`.
+fn clear_prefix(ctx: &mut Ctx<'_>, prefix: &str) -> Result<u64, DbErr> {
+    let mut keys: Vec<(String, String, i64)> = Vec::new();
+    ctx.r().scan(COLLECT_SEEN, (prefix, "").., |(set, id), t| {
+        if !set.starts_with(prefix) {
+            return Ok(false);
+        }
+        keys.push((set.to_string(), id.to_string(), t));
+        Ok(true)
+    })?;
+    let mut sets: HashSet<String> = HashSet::new();
+    for (set, id, t) in &keys {
+        ctx.del(COLLECT_SEEN, (set.as_str(), id.as_str()))?;
+        ctx.del(COLLECT_SEEN_AGE, (set.as_str(), *t, id.as_str()))?;
+        sets.insert(set.clone());
+    }
+    for set in sets {
+        ctx.del(COLLECT_SEEN_COUNT, set.as_str())?;
+    }
+    Ok(keys.len() as u64)
+}
+
+/// Removes a user's remote accounts and seen sets (called when the user is
+/// deleted).
+pub(crate) fn purge_user(ctx: &mut Ctx<'_>, account: &str) -> Result<(), DbErr> {
+    let ids: Vec<u64> = remote_accounts_of(ctx.r(), account)?
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    for id in ids {
+        ctx.del(REMOTE_ACCOUNTS, (account, id))?;
+    }
+    clear_prefix(ctx, &format!("multipop/{account}/"))?;
+    clear_prefix(ctx, &import_seen_prefix(account))?;
+    Ok(())
+}
+
+/// Removes a domain's DomainPOP account, limits and seen sets (called when
+/// the domain is deleted).
+pub(crate) fn purge_domain(ctx: &mut Ctx<'_>, domain: &str) -> Result<(), DbErr> {
+    ctx.del(DOMAIN_POP, domain)?;
+    ctx.del(COLLECT_LIMITS, domain)?;
+    clear_prefix(ctx, &domain_pop_seen_prefix(domain))?;
+    Ok(())
+}
+
+fn seen_count(tx: Tx<'_>, set: &str) -> Result<u64, DbErr> {
+    Ok(tx.get_with(COLLECT_SEEN_COUNT, set, Ok)?.unwrap_or(0))
+}
+
+fn check_seen_id(set: &str, id: &str) -> Result<(), AdminError> {
+    if set.is_empty() || set.len() > 2048 {
+        return Err(AdminError::Invalid("bad seen-set name".into()));
+    }
+    if id.is_empty() || id.len() > MAX_SEEN_ID {
+        return Err(AdminError::Invalid(format!(
+            "ids must be 1 to {MAX_SEEN_ID} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl Store {
+    fn c_read<T>(&self, f: impl FnOnce(Tx<'_>) -> Result<T, DbErr>) -> Result<T, AdminError> {
+        let tx = storage(self.read())?;
+        storage(f(Tx::Read(&tx)))
+    }
+
+    // ----- limits -----
+
+    /// Sets the collection limits of `domain`, or the system-wide ones
+    /// with `None`. Durable before it returns.
+    pub async fn set_collect_limits(
+        &self,
+        domain: Option<&Domain>,
+        limits: CollectLimits,
+    ) -> Result<(), AdminError> {
+        let scope = domain.map_or(GLOBAL_SCOPE.to_string(), |d| d.as_str().to_string());
+        self.write(AdminError::storage, move |ctx| {
+            ctx.put_json(COLLECT_LIMITS, scope.as_str(), &limits)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The limits that apply in `domain` (its own, else the system-wide
+    /// ones, else [`CollectLimits::default`]); `None` for the system-wide.
+    pub fn collect_limits(&self, domain: Option<&Domain>) -> Result<CollectLimits, AdminError> {
+        self.c_read(|tx| effective_limits(tx, domain.map(|d| d.as_str())))
+    }
+
+    // ----- MultiPOP accounts -----
+
+    /// Adds a remote account to the user `owner`. Refused with `NotFound`
+    /// for an unknown user, `Invalid` for bad settings and `LimitReached`
+    /// past `max_accounts_per_user`.
+    pub async fn add_remote_account(
+        &self,
+        owner: &Address,
+        config: RemoteAccountConfig,
+    ) -> Result<RemoteAccountInfo, AdminError> {
+        config.validate()?;
+        let owner = owner.clone();
+        self.write(AdminError::storage, move |ctx| {
+            if !user_exists(ctx.r(), &owner)? {
+                return reject(AdminError::NotFound(format!("user {owner}")));
+            }
+            let account = owner.lookup_key();
+            let limits = effective_limits(ctx.r(), Some(owner.domain().as_str()))?;
+            let existing = remote_accounts_of(ctx.r(), &account)?;
+            if limits.max_accounts_per_user != 0
+                && existing.len() as u64 >= limits.max_accounts_per_user
+            {
+                return reject(AdminError::LimitReached(format!(
+                    "{account} already has {} remote accounts (the maximum)",
+                    existing.len()
+                )));
+            }
+            let key = config.server.display().to_ascii_lowercase();
+            if existing
+                .iter()
+                .any(|e| e.config.server.display().to_ascii_lowercase() == key)
+            {
+                return reject(AdminError::AlreadyExists(format!(
+                    "remote account {} of {account}",
+                    config.server.display()
+                )));
+            }
+            let id = ctx.next_counter("remote_account_id")?;
+            let info = RemoteAccountInfo {
+                account: account.clone(),
+                id,
+                config: config.clone(),
+                status: FetchStatus::default(),
+                created: umail_core::unix_now(),
+            };
+            ctx.put_json(REMOTE_ACCOUNTS, (account.as_str(), id), &info)?;
+            tracing::info!(target: "admin", account = %account, id, remote = %info.config.server.display(), "remote account added");
+            Ok(info)
+        })
+        .await
+    }
+
+    /// One remote account of `owner`.
+    pub fn remote_account(
+        &self,
+        owner: &Address,
+        id: u64,
+    ) -> Result<Option<RemoteAccountInfo>, AdminError> {
+        let account = owner.lookup_key();
+        self.c_read(|tx| tx.get_json(REMOTE_ACCOUNTS, (account.as_str(), id)))
+    }
+
+    /// Remote accounts of `owner`, or of every user with `None`, ordered
+    /// by owner then id.
+    pub fn list_remote_accounts(
+        &self,
+        owner: Option<&Address>,
+    ) -> Result<Vec<RemoteAccountInfo>, AdminError> {
+        self.c_read(|tx| match owner {
+            Some(o) => remote_accounts_of(tx, &o.lookup_key()),
+            None => {
+                let mut out = Vec::new();
+                tx.scan_all(REMOTE_ACCOUNTS, |_, v| {
+                    out.push(crate::db::dec(v)?);
+                    Ok(true)
+                })?;
+                Ok(out)
+            }
+        })
+    }
+
+    /// Replaces the settings of a remote account (its status and seen set
+    /// stay; changing the server or login starts a new seen set because
+    /// the sets are keyed by the remote mailbox).
+    pub async fn update_remote_account(
+        &self,
+        owner: &Address,
+        id: u64,
+        config: RemoteAccountConfig,
+    ) -> Result<RemoteAccountInfo, AdminError> {
+        config.validate()?;
+        let account = owner.lookup_key();
+        self.write(AdminError::storage, move |ctx| {
+            let Some(mut info) = ctx
+                .r()
+                .get_json::<_, RemoteAccountInfo>(REMOTE_ACCOUNTS, (account.as_str(), id))?
+            else {
+                return reject(AdminError::NotFound(format!(
+                    "remote account {id} of {account}"
+                )));
+            };
+            info.config = config.clone();
+            // A change of settings is worth an immediate attempt.
+            info.status.next_attempt = 0;
+            info.status.failures = 0;
+            ctx.put_json(REMOTE_ACCOUNTS, (account.as_str(), id), &info)?;
+            Ok(info)
+        })
+        .await
+    }
+
+    /// Removes a remote account and forgets what it collected.
+    pub async fn remove_remote_account(&self, owner: &Address, id: u64) -> Result<(), AdminError> {
+        let account = owner.lookup_key();
+        self.write(AdminError::storage, move |ctx| {
+            if !ctx.r().exists(REMOTE_ACCOUNTS, (account.as_str(), id))? {
+                return reject(AdminError::NotFound(format!(
+                    "remote account {id} of {account}"
+                )));
+            }
+            ctx.del(REMOTE_ACCOUNTS, (account.as_str(), id))?;
+            clear_prefix(ctx, &remote_seen_prefix(&account, id))?;
+            tracing::info!(target: "admin", account = %account, id, "remote account removed");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records the outcome of a fetch of a remote account and schedules the
+    /// next one (interval, or backoff after failures). A vanished account
+    /// is ignored.
+    pub async fn record_remote_fetch(
+        &self,
+        account: &str,
+        id: u64,
+        outcome: FetchOutcome,
+    ) -> Result<Option<FetchStatus>, AdminError> {
+        let account = account.to_string();
+        self.write(AdminError::storage, move |ctx| {
+            let Some(mut info) = ctx
+                .r()
+                .get_json::<_, RemoteAccountInfo>(REMOTE_ACCOUNTS, (account.as_str(), id))?
+            else {
+                return Ok(None);
+            };
+            info.status.apply(&outcome, info.config.interval_secs);
+            ctx.put_json(REMOTE_ACCOUNTS, (account.as_str(), id), &info)?;
+            Ok(Some(info.status))
+        })
+        .await
+    }
+
+    // ----- DomainPOP -----
+
+    /// Creates or replaces the DomainPOP account of `domain` (a hosted
+    /// domain). Replacing keeps the status and seen sets.
+    pub async fn set_domain_pop(
+        &self,
+        domain: &Domain,
+        config: DomainPopConfig,
+    ) -> Result<DomainPopInfo, AdminError> {
+        config.validate()?;
+        let domain = domain.as_str().to_string();
+        self.write(AdminError::storage, move |ctx| {
+            if !ctx.r().exists(crate::db::DOMAINS, domain.as_str())? {
+                return reject(AdminError::NotFound(format!("domain {domain}")));
+            }
+            let old: Option<DomainPopInfo> = ctx.r().get_json(DOMAIN_POP, domain.as_str())?;
+            let info = DomainPopInfo {
+                domain: domain.clone(),
+                config: config.clone(),
+                status: old
+                    .as_ref()
+                    .map(|o| FetchStatus {
+                        next_attempt: 0,
+                        failures: 0,
+                        ..o.status.clone()
+                    })
+                    .unwrap_or_default(),
+                created: old.map_or_else(umail_core::unix_now, |o| o.created),
+            };
+            ctx.put_json(DOMAIN_POP, domain.as_str(), &info)?;
+            tracing::info!(target: "admin", domain = %domain, remote = %info.config.server.display(), "DomainPOP account set");
+            Ok(info)
+        })
+        .await
+    }
+
+    /// The DomainPOP account of `domain`.
+    pub fn domain_pop(&self, domain: &Domain) -> Result<Option<DomainPopInfo>, AdminError> {
+        self.c_read(|tx| tx.get_json(DOMAIN_POP, domain.as_str()))
+    }
+
+    /// Every DomainPOP account, by domain.
+    pub fn list_domain_pops(&self) -> Result<Vec<DomainPopInfo>, AdminError> {
+        self.c_read(|tx| {
+            let mut out = Vec::new();
+            tx.scan_all(DOMAIN_POP, |_, v| {
+                out.push(crate::db::dec(v)?);
+                Ok(true)
+            })?;
+            Ok(out)
+        })
+    }
+
+    /// Removes the DomainPOP account of `domain` and its seen sets.
+    pub async fn remove_domain_pop(&self, domain: &Domain) -> Result<(), AdminError> {
+        let domain = domain.as_str().to_string();
+        self.write(AdminError::storage, move |ctx| {
+            if !ctx.r().exists(DOMAIN_POP, domain.as_str())? {
+                return reject(AdminError::NotFound(format!("DomainPOP of {domain}")));
+            }
+            ctx.del(DOMAIN_POP, domain.as_str())?;
+            clear_prefix(ctx, &domain_pop_seen_prefix(&domain))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records the outcome of a DomainPOP fetch (see
+    /// [`Store::record_remote_fetch`]).
+    pub async fn record_domain_pop_fetch(
+        &self,
+        domain: &str,
+        outcome: FetchOutcome,
+    ) -> Result<Option<FetchStatus>, AdminError> {
+        let domain = domain.to_string();
+        self.write(AdminError::storage, move |ctx| {
+            let Some(mut info) = ctx
+                .r()
+                .get_json::<_, DomainPopInfo>(DOMAIN_POP, domain.as_str())?
+            else {
+                return Ok(None);
+            };
+            info.status.apply(&outcome, info.config.interval_secs);
+            ctx.put_json(DOMAIN_POP, domain.as_str(), &info)?;
+            Ok(Some(info.status))
+        })
+        .await
+    }
+
+    // ----- seen sets -----
+
+    /// Every id of the seen set `set`.
+    pub fn seen_ids(&self, set: &str) -> Result<HashSet<String>, AdminError> {
+        self.c_read(|tx| {
+            let mut out = HashSet::new();
+            tx.scan(COLLECT_SEEN, (set, "").., |(s, id), _| {
+                if s != set {
+                    return Ok(false);
+                }
+                out.insert(id.to_string());
+                Ok(true)
+            })?;
+            Ok(out)
+        })
+    }
+
+    /// True when `id` is in the seen set `set`.
+    pub fn seen_contains(&self, set: &str, id: &str) -> Result<bool, AdminError> {
+        self.c_read(|tx| tx.exists(COLLECT_SEEN, (set, id)))
+    }
+
+    /// Number of ids in the seen set `set`.
+    pub fn seen_len(&self, set: &str) -> Result<u64, AdminError> {
+        self.c_read(|tx| seen_count(tx, set))
+    }
+
+    /// The ids of `set` recorded before `cutoff` (Unix time).
+    pub fn seen_before(&self, set: &str, cutoff: i64) -> Result<HashSet<String>, AdminError> {
+        self.c_read(|tx| {
+            let mut out = HashSet::new();
+            tx.scan(
+                COLLECT_SEEN_AGE,
+                (set, i64::MIN, "")..(set, cutoff, ""),
+                |(_, _, id), _| {
+                    out.insert(id.to_string());
+                    Ok(true)
+                },
+            )?;
+            Ok(out)
+        })
+    }
+
+    /// Adds `id` to the seen set `set` (recorded at `now`; an id already
+    /// present keeps its first time). With `max > 0` the oldest ids are
+    /// forgotten so the set holds at most `max`. Durable before it returns.
+    pub async fn mark_seen(
+        &self,
+        set: &str,
+        id: &str,
+        now: i64,
+        max: u64,
+    ) -> Result<(), AdminError> {
+        check_seen_id(set, id)?;
+        let (set, id) = (set.to_string(), id.to_string());
+        self.write(AdminError::storage, move |ctx| {
+            if ctx.r().exists(COLLECT_SEEN, (set.as_str(), id.as_str()))? {
+                return Ok(());
+            }
+            ctx.put(COLLECT_SEEN, (set.as_str(), id.as_str()), now)?;
+            ctx.put(COLLECT_SEEN_AGE, (set.as_str(), now, id.as_str()), 1u8)?;
+            let mut count = seen_count(ctx.r(), &set)?.saturating_add(1);
+            if max > 0 && count > max {
+                let excess = count - max;
+                let mut oldest: Vec<(i64, String)> = Vec::new();
+                ctx.r().scan(
+                    COLLECT_SEEN_AGE,
+                    (set.as_str(), i64::MIN, "")..=(set.as_str(), i64::MAX, "\u{10FFFF}"),
+                    |(_, t, old), _| {
+                        oldest.push((t, old.to_string()));
+                        Ok((oldest.len() as u64) < excess)
+                    },
+                )?;
+                for (t, old) in oldest {
+                    ctx.del(COLLECT_SEEN_AGE, (set.as_str(), t, old.as_str()))?;
+                    ctx.del(COLLECT_SEEN, (set.as_str(), old.as_str()))?;
+                    count -= 1;
+                }
+            }
+            ctx.put(COLLECT_SEEN_COUNT, set.as_str(), count)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets the ids of `set` not in `keep`.
+    pub async fn retain_seen(&self, set: &str, keep: &HashSet<String>) -> Result<u64, AdminError> {
+        let set = set.to_string();
+        let keep = keep.clone();
+        self.write(AdminError::storage, move |ctx| {
+            let mut gone: Vec<(String, i64)> = Vec::new();
+            let mut total = 0u64;
+            ctx.r()
+                .scan(COLLECT_SEEN, (set.as_str(), "").., |(s, id), t| {
+                    if s != set {
+                        return Ok(false);
+                    }
+                    total += 1;
+                    if !keep.contains(id) {
+                        gone.push((id.to_string(), t));
+                    }
+                    Ok(true)
+                })?;
+            if gone.is_empty() {
+                return Ok(0);
+            }
+            for (id, t) in &gone {
+                ctx.del(COLLECT_SEEN, (set.as_str(), id.as_str()))?;
+                ctx.del(COLLECT_SEEN_AGE, (set.as_str(), *t, id.as_str()))?;
+            }
+            let left = total - gone.len() as u64;
+            if left == 0 {
+                ctx.del(COLLECT_SEEN_COUNT, set.as_str())?;
+            } else {
+                ctx.put(COLLECT_SEEN_COUNT, set.as_str(), left)?;
+            }
+            Ok(gone.len() as u64)
+        })
+        .await
+    }
+
+    /// Forgets every seen set whose name starts with `prefix`; returns the
+    /// number of ids removed.
+    pub async fn clear_seen(&self, prefix: &str) -> Result<u64, AdminError> {
+        if prefix.is_empty() {
+            return Err(AdminError::Invalid("empty seen-set prefix".into()));
+        }
+        let prefix = prefix.to_string();
+        self.write(AdminError::storage, move |ctx| {
+            Ok(clear_prefix(ctx, &prefix)?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NewDomain, NewUser};
+
+    fn server(user: &str) -> RemoteServer {
+        RemoteServer {
+            host: "pop.example.net".into(),
+            port: 995,
+            tls: TlsMode::Implicit,
+            tls_verify: true,
+            ca_file: None,
+            username: user.into(),
+            password: RemotePassword::new("hunter2"),
+            apop: false,
+        }
+    }
+
+    async fn store() -> Store {
+        let s = Store::open_in_memory().unwrap();
+        s.add_domain(NewDomain::new("example.com".parse().unwrap()))
+            .await
+            .unwrap();
+        s.add_user(NewUser::new(
+            "alice@example.com".parse().unwrap(),
+            "pw-123456",
+        ))
+        .await
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn password_never_in_debug() {
+        let cfg = RemoteAccountConfig::new(server("u"));
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        // Serialized (stored) it must be usable.
+        assert!(serde_json::to_string(&cfg).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert_eq!(backoff_delay(300, 0), 300);
+        assert_eq!(backoff_delay(300, 1), 600);
+        assert_eq!(backoff_delay(300, 3), 2400);
+        assert_eq!(backoff_delay(300, 30), MAX_BACKOFF_SECS);
+        assert_eq!(backoff_delay(100_000, 2), 100_000);
+    }
+
+    #[tokio::test]
+    async fn remote_accounts_crud_limits_and_status() {
+        let s = store().await;
+        let alice: Address = "alice@example.com".parse().unwrap();
+        let bob: Address = "bob@example.com".parse().unwrap();
+        assert!(matches!(
+            s.add_remote_account(&bob, RemoteAccountConfig::new(server("x")))
+                .await,
+            Err(AdminError::NotFound(_))
+        ));
+        let mut bad = RemoteAccountConfig::new(server("x"));
+        bad.interval_secs = 1;
+        assert!(matches!(
+            s.add_remote_account(&alice, bad).await,
+            Err(AdminError::Invalid(_))
+        ));
+        s.set_collect_limits(
+            Some(alice.domain()),
+            CollectLimits {
+                max_accounts_per_user: 2,
+                max_messages_per_fetch: 10,
+            },
+        )
+        .await
+        .unwrap();
+        let a = s
+            .add_remote_account(&alice, RemoteAccountConfig::new(server("a")))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.add_remote_account(&alice, RemoteAccountConfig::new(server("A")))
+                .await,
+            Err(AdminError::AlreadyExists(_))
+        ));
+        let b = s
+            .add_remote_account(&alice, RemoteAccountConfig::new(server("b")))
+            .await
+            .unwrap();
+        assert_ne!(a.id, b.id);
+        assert!(matches!(
+            s.add_remote_account(&alice, RemoteAccountConfig::new(server("c")))
+                .await,
+            Err(AdminError::LimitReached(_))
+        ));
+        assert_eq!(s.list_remote_accounts(Some(&alice)).unwrap().len(), 2);
+        assert_eq!(s.list_remote_accounts(None).unwrap().len(), 2);
+        assert_eq!(
+            s.collect_limits(Some(alice.domain()))
+                .unwrap()
+                .max_messages_per_fetch,
+            10
+        );
+        assert_eq!(s.collect_limits(None).unwrap(), CollectLimits::default());
+
+        // Failure, failure, success: backoff then the interval.
+        let fail = FetchOutcome {
+            started: 1000,
+            finished: 1010,
+            ok: false,
+            fetched: 0,
+            message: "connection refused\r\nx".into(),
+        };
+        let st = s
+            .record_remote_fetch("alice@example.com", a.id, fail.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((st.failures, st.next_attempt), (1, 1010 + 600));
+        assert!(!st.last_result.contains('\n'));
+        let st = s
+            .record_remote_fetch("alice@example.com", a.id, fail)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((st.failures, st.next_attempt), (2, 1010 + 1200));
+        let ok = FetchOutcome {
+            started: 2000,
+            finished: 2005,
+            ok: true,
+            fetched: 7,
+            message: "7 fetched".into(),
+        };
+        let st = s
+            .record_remote_fetch("alice@example.com", a.id, ok)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(st.failures, 0);
+        assert_eq!(st.next_attempt, 2305);
+        assert_eq!(st.fetched_total, 7);
+        assert_eq!(st.last_success, Some(2005));
+
+        // Seen sets go with the account.
+        let prefix = a.seen_prefix();
+        s.mark_seen(&format!("{prefix}src"), "u1", 5, 0)
+            .await
+            .unwrap();
+        s.remove_remote_account(&alice, a.id).await.unwrap();
+        assert!(s.seen_ids(&format!("{prefix}src")).unwrap().is_empty());
+        assert!(s.remote_account(&alice, a.id).unwrap().is_none());
+
+        // Removing the user removes the rest.
+        s.mark_seen(&format!("{}src", b.seen_prefix()), "u1", 5, 0)
+            .await
+            .unwrap();
+        s.remove_user(&alice).await.unwrap();
+        assert!(s.list_remote_accounts(None).unwrap().is_empty());
+        assert_eq!(s.seen_len(&format!("{}src", b.seen_prefix())).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn seen_sets_bounded_retained_and_aged() {
+        let s = Store::open_in_memory().unwrap();
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            s.mark_seen("set", id, 100 + i as i64, 3).await.unwrap();
+        }
+        // Re-marking keeps the first time and does not grow the set.
+        s.mark_seen("set", "d", 500, 3).await.unwrap();
+        assert_eq!(
+            s.seen_ids("set").unwrap(),
+            HashSet::from(["b".into(), "c".into(), "d".into()])
+        );
+        assert_eq!(s.seen_len("set").unwrap(), 3);
+        assert!(s.seen_contains("set", "c").unwrap());
+        assert!(!s.seen_contains("set", "a").unwrap());
+        assert_eq!(
+            s.seen_before("set", 103).unwrap(),
+            HashSet::from(["b".into(), "c".into()])
+        );
+        s.mark_seen("set2", "x", 1, 0).await.unwrap();
+        let removed = s
+            .retain_seen("set", &HashSet::from(["c".to_string()]))
+            .await
+            .unwrap();
+        assert_eq!(removed, 2);
+        assert_eq!(s.seen_ids("set").unwrap(), HashSet::from(["c".into()]));
+        assert_eq!(s.seen_len("set").unwrap(), 1);
+        assert_eq!(s.seen_ids("set2").unwrap().len(), 1);
+        assert_eq!(s.clear_seen("set").await.unwrap(), 2);
+        assert!(s.seen_ids("set2").unwrap().is_empty());
+        assert!(s.mark_seen("set", "", 1, 0).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn domain_pop_set_show_remove() {
+        let s = store().await;
+        let d: Domain = "example.com".parse().unwrap();
+        let other: Domain = "other.org".parse().unwrap();
+        let mut cfg = DomainPopConfig::new(server("catchall"));
+        assert!(matches!(
+            s.set_domain_pop(&other, cfg.clone()).await,
+            Err(AdminError::NotFound(_))
+        ));
+        cfg.headers = vec!["Bad Header".into()];
+        assert!(matches!(
+            s.set_domain_pop(&d, cfg.clone()).await,
+            Err(AdminError::Invalid(_))
+        ));
+        cfg.headers = vec!["X-Original-To".into()];
+        cfg.fallback = Some("postmaster@example.com".into());
+        let info = s.set_domain_pop(&d, cfg.clone()).await.unwrap();
+        assert_eq!(info.config, cfg);
+        s.record_domain_pop_fetch(
+            "example.com",
+            FetchOutcome {
+                started: 1,
+                finished: 2,
+                ok: true,
+                fetched: 3,
+                message: "ok".into(),
+            },
+        )
+        .await
+        .unwrap();
+        // Replacing the settings keeps the counters.
+        let again = s.set_domain_pop(&d, cfg).await.unwrap();
+        assert_eq!(again.status.fetched_total, 3);
+        assert_eq!(s.list_domain_pops().unwrap().len(), 1);
+        s.mark_seen(
+            &format!("{}src", domain_pop_seen_prefix("example.com")),
+            "1",
+            1,
+            0,
+        )
+        .await
+        .unwrap();
+        s.remove_domain_pop(&d).await.unwrap();
+        assert!(s.domain_pop(&d).unwrap().is_none());
+        assert_eq!(
+            s.seen_len(&format!("{}src", domain_pop_seen_prefix("example.com")))
+                .unwrap(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn durable_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            s.add_domain(NewDomain::new("example.com".parse().unwrap()))
+                .await
+                .unwrap();
+            s.add_user(NewUser::new(
+                "alice@example.com".parse().unwrap(),
+                "pw-123456",
+            ))
+            .await
+            .unwrap();
+            s.add_remote_account(
+                &"alice@example.com".parse().unwrap(),
+                RemoteAccountConfig::new(server("u")),
+            )
+            .await
+            .unwrap();
+            s.mark_seen("multipop/alice@example.com/1/x", "uidl-1", 9, 0)
+                .await
+                .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let list = s.list_remote_accounts(None).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].config.server.password.expose(), "hunter2");
+        assert!(
+            s.seen_contains("multipop/alice@example.com/1/x", "uidl-1")
+                .unwrap()
+        );
+        // The backup copies the new tables too.
+        let backup = dir.path().join("backup.redb");
+        s.backup(&backup).await.unwrap();
+        drop(s);
+        let b = Store::open(&backup).unwrap();
+        assert_eq!(b.list_remote_accounts(None).unwrap().len(), 1);
+    }
+}
