@@ -11,7 +11,9 @@
 //! * [`session`]: the protocol state machine. It takes framed input and
 //!   produces output bytes; it calls the store and directory traits but
 //!   never a socket.
-//! * [`mime`]: BODYSTRUCTURE, ENVELOPE and body sections of stored messages.
+//! * [`mime`]: BODYSTRUCTURE, ENVELOPE and body sections of stored messages;
+//!   [`fuzz_mime`] is the fuzzing entry point, checking the output with
+//!   [`grammar`] (the RFC 9051 `body` and `envelope` productions).
 //! * [`search`]: SEARCH evaluation on MIME-decoded text (GB2312/GBK/Big5
 //!   aware through mail-parser).
 //! * [`server`]: the tokio driver — [`ImapServer::serve_connection`].
@@ -19,10 +21,12 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod grammar;
 pub mod mime;
 pub mod search;
 pub mod server;
 pub mod session;
 
+pub use mime::fuzz_mime;
 pub use server::{ImapServer, ListenerMode};
 pub use session::{Action, InputMode, Session, SessionState};

@@ -323,11 +323,6 @@ fn parse_entity(
                         .push(parse_entity(data, r, depth + 1, is_digest, budget));
                 }
             }
-            if part.children.is_empty() {
-                // A multipart without parts: show it as an empty text part.
-                media_type = "text".into();
-                subtype = "plain".into();
-            }
         } else if media_type == "message" && (subtype == "rfc822" || subtype == "global") {
             part.message = Some(Box::new(parse_entity(
                 data,
@@ -336,6 +331,20 @@ fn parse_entity(
                 false,
                 budget,
             )));
+        }
+    }
+    if media_type == "multipart" && part.children.is_empty() {
+        // A multipart without parts (or beyond the depth or part limit):
+        // `body-type-mpart` needs at least one body, so show it as text.
+        media_type = "text".into();
+        subtype = "plain".into();
+    }
+    if media_type == "message" && part.message.is_none() {
+        // message/rfc822 or message/global beyond the limits: an opaque
+        // part, since `body-type-msg` needs an envelope and a body.
+        if subtype == "rfc822" || subtype == "global" {
+            media_type = "application".into();
+            subtype = "octet-stream".into();
         }
     }
     part.media_type = media_type;
@@ -534,6 +543,32 @@ fn count_lines(b: &[u8]) -> usize {
     }
 }
 
+/// Strings inside BODYSTRUCTURE and ENVELOPE: the grammar's `string` holds
+/// no NUL (RFC 9051 §9 `CHAR8 = %x01-ff`; literal8 is for BINARY only), so
+/// NULs of malformed headers are dropped instead of sent as `~{n}`.
+trait GrammarStrings {
+    fn text(&mut self, s: &[u8]) -> &mut Self;
+    fn ntext(&mut self, s: Option<&[u8]>) -> &mut Self;
+}
+
+impl GrammarStrings for ResponseBuf {
+    fn text(&mut self, s: &[u8]) -> &mut Self {
+        if s.contains(&0) {
+            let clean: Vec<u8> = s.iter().copied().filter(|b| *b != 0).collect();
+            self.string(&clean)
+        } else {
+            self.string(s)
+        }
+    }
+
+    fn ntext(&mut self, s: Option<&[u8]>) -> &mut Self {
+        match s {
+            Some(s) => self.text(s),
+            None => self.raw(b"NIL"),
+        }
+    }
+}
+
 fn write_params(r: &mut ResponseBuf, params: &[(String, Vec<u8>)]) {
     if params.is_empty() {
         r.raw("NIL");
@@ -544,9 +579,7 @@ fn write_params(r: &mut ResponseBuf, params: &[(String, Vec<u8>)]) {
         if i > 0 {
             r.raw(" ");
         }
-        r.string(n.to_ascii_uppercase().as_bytes())
-            .raw(" ")
-            .string(v);
+        r.text(n.to_ascii_uppercase().as_bytes()).raw(" ").text(v);
     }
     r.raw(")");
 }
@@ -563,7 +596,7 @@ pub fn write_body_structure(r: &mut ResponseBuf, data: &[u8], part: &Part, exten
             write_body_structure(r, data, child, extended);
         }
         r.raw(" ")
-            .string(part.subtype.to_ascii_uppercase().as_bytes());
+            .text(part.subtype.to_ascii_uppercase().as_bytes());
         if extended {
             r.raw(" ");
             write_params(r, &part.params);
@@ -573,20 +606,20 @@ pub fn write_body_structure(r: &mut ResponseBuf, data: &[u8], part: &Part, exten
         return;
     }
     let body = &data[part.body.clone()];
-    r.string(part.media_type.to_ascii_uppercase().as_bytes())
+    r.text(part.media_type.to_ascii_uppercase().as_bytes())
         .raw(" ")
-        .string(part.subtype.to_ascii_uppercase().as_bytes())
+        .text(part.subtype.to_ascii_uppercase().as_bytes())
         .raw(" ");
     // body-fields = body-fld-param SP body-fld-id SP body-fld-desc SP body-fld-enc SP body-fld-octets
     write_params(r, &part.params);
     r.raw(" ");
-    r.nstring(get("content-id").as_deref()).raw(" ");
-    r.nstring(get("content-description").as_deref()).raw(" ");
+    r.ntext(get("content-id").as_deref()).raw(" ");
+    r.ntext(get("content-description").as_deref()).raw(" ");
     let enc = get("content-transfer-encoding")
         .map(|v| String::from_utf8_lossy(&v).trim().to_ascii_uppercase())
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "7BIT".into());
-    r.string(enc.as_bytes()).raw(format!(" {}", body.len()));
+    r.text(enc.as_bytes()).raw(format!(" {}", body.len()));
     if let Some(msg) = &part.message {
         // body-type-msg: envelope SP body SP body-fld-lines
         r.raw(" ");
@@ -599,7 +632,7 @@ pub fn write_body_structure(r: &mut ResponseBuf, data: &[u8], part: &Part, exten
     }
     if extended {
         // body-ext-1part = body-fld-md5 [SP body-fld-dsp [SP body-fld-lang [SP body-fld-loc]]]
-        r.raw(" ").nstring(get("content-md5").as_deref());
+        r.raw(" ").ntext(get("content-md5").as_deref());
         write_ext_common(r, &get);
     }
     r.raw(")");
@@ -615,7 +648,7 @@ fn write_ext_common(r: &mut ResponseBuf, get: &dyn Fn(&str) -> Option<Vec<u8>>) 
                 r.raw("NIL");
             } else {
                 r.raw("(")
-                    .string(main.to_ascii_uppercase().as_bytes())
+                    .text(main.to_ascii_uppercase().as_bytes())
                     .raw(" ");
                 write_params(r, &params);
                 r.raw(")");
@@ -639,7 +672,7 @@ fn write_ext_common(r: &mut ResponseBuf, get: &dyn Fn(&str) -> Option<Vec<u8>>) 
                     r.raw("NIL");
                 }
                 1 => {
-                    r.string(&langs[0]);
+                    r.text(&langs[0]);
                 }
                 _ => {
                     r.raw("(");
@@ -647,7 +680,7 @@ fn write_ext_common(r: &mut ResponseBuf, get: &dyn Fn(&str) -> Option<Vec<u8>>) 
                         if i > 0 {
                             r.raw(" ");
                         }
-                        r.string(l);
+                        r.text(l);
                     }
                     r.raw(")");
                 }
@@ -658,7 +691,7 @@ fn write_ext_common(r: &mut ResponseBuf, get: &dyn Fn(&str) -> Option<Vec<u8>>) 
         }
     }
     // body-fld-loc = nstring
-    r.raw(" ").nstring(get("content-location").as_deref());
+    r.raw(" ").ntext(get("content-location").as_deref());
 }
 
 /// One address of an envelope (RFC 9051 §7.5.2 `address`).
@@ -853,9 +886,9 @@ fn write_addresses(r: &mut ResponseBuf, list: Option<Vec<EnvAddress>>) {
             for a in list {
                 // address = "(" addr-name SP addr-adl SP addr-mailbox SP addr-host ")"
                 r.raw("(");
-                r.nstring(a.name.as_deref()).raw(" NIL ");
-                r.nstring(a.mailbox.as_deref()).raw(" ");
-                r.nstring(a.host.as_deref()).raw(")");
+                r.ntext(a.name.as_deref()).raw(" NIL ");
+                r.ntext(a.mailbox.as_deref()).raw(" ");
+                r.ntext(a.host.as_deref()).raw(")");
             }
             r.raw(")");
         }
@@ -871,8 +904,8 @@ pub fn write_envelope(r: &mut ResponseBuf, data: &[u8], msg: &Part) {
     let get = |name: &str| header_value(data, &fields, name);
     let addrs = |name: &str| get(name).map(|v| parse_addresses(&v));
     r.raw("(");
-    r.nstring(get("date").as_deref()).raw(" ");
-    r.nstring(get("subject").as_deref()).raw(" ");
+    r.ntext(get("date").as_deref()).raw(" ");
+    r.ntext(get("subject").as_deref()).raw(" ");
     let from = addrs("from");
     // RFC 9051 §7.5.2: sender and reply-to default to from.
     let sender = addrs("sender")
@@ -890,9 +923,90 @@ pub fn write_envelope(r: &mut ResponseBuf, data: &[u8], msg: &Part) {
         r.raw(" ");
         write_addresses(r, addrs(h));
     }
-    r.raw(" ").nstring(get("in-reply-to").as_deref());
-    r.raw(" ").nstring(get("message-id").as_deref());
+    r.raw(" ").ntext(get("in-reply-to").as_deref());
+    r.raw(" ").ntext(get("message-id").as_deref());
     r.raw(")");
+}
+
+/// The fuzzing entry point for "arbitrary MIME in → BODYSTRUCTURE /
+/// ENVELOPE out": parses `data` as a stored message, writes BODY,
+/// BODYSTRUCTURE and ENVELOPE in both string modes (IMAP4rev1 and UTF-8)
+/// and checks each against the RFC 9051 grammar with [`crate::grammar`],
+/// then extracts every body section and BINARY part it can name.
+///
+/// # Panics
+///
+/// When the output does not match the grammar: that is the finding the
+/// fuzzer looks for. Any other panic is a bug too.
+pub fn fuzz_mime(data: &[u8]) {
+    let root = parse(data);
+    for utf8 in [false, true] {
+        for extended in [false, true] {
+            let mut r = ResponseBuf::new();
+            r.utf8 = utf8;
+            write_body_structure(&mut r, data, &root, extended);
+            let out = r.take();
+            if let Err(e) = crate::grammar::check_body(&out, extended, utf8) {
+                panic!(
+                    "bad {} (utf8 {utf8}): {e}: {:?}",
+                    if extended { "BODYSTRUCTURE" } else { "BODY" },
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+        let mut r = ResponseBuf::new();
+        r.utf8 = utf8;
+        write_envelope(&mut r, data, &root);
+        let out = r.take();
+        if let Err(e) = crate::grammar::check_envelope(&out, utf8) {
+            panic!(
+                "bad ENVELOPE (utf8 {utf8}): {e}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+    let mut paths = Vec::new();
+    part_paths(&root, &mut Vec::new(), &mut paths);
+    for path in paths {
+        let texts = [
+            None,
+            Some(SectionText::Header),
+            Some(SectionText::Text),
+            Some(SectionText::Mime),
+            Some(SectionText::HeaderFields(vec![
+                "Subject".into(),
+                "From".into(),
+            ])),
+            Some(SectionText::HeaderFieldsNot(vec!["To".into()])),
+        ];
+        for text in texts {
+            let section = Section {
+                part: path.clone(),
+                text,
+            };
+            let _ = section_bytes(data, &root, &section);
+        }
+        let _ = binary_bytes(data, &root, &path);
+    }
+}
+
+/// Part numbers of every leaf and container of a message, as FETCH names
+/// them (at most 256).
+fn part_paths(part: &Part, path: &mut Vec<u32>, out: &mut Vec<Vec<u32>>) {
+    if out.len() >= 256 {
+        return;
+    }
+    out.push(path.clone());
+    let children: Vec<&Part> = match &part.message {
+        Some(m) if m.is_multipart() => m.children.iter().collect(),
+        Some(m) => vec![m.as_ref()],
+        None => part.children.iter().collect(),
+    };
+    for (i, c) in children.into_iter().enumerate() {
+        path.push(u32::try_from(i + 1).unwrap_or(u32::MAX));
+        part_paths(c, path, out);
+        path.pop();
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ impl std::fmt::Debug for ImapServer {
 }
 
 const READ_CHUNK: usize = 16 * 1024;
+/// The read buffer of a connection in IDLE, where only `DONE` is expected:
+/// thousands of idle connections must not each hold a full chunk.
+const IDLE_READ_CHUNK: usize = 64;
 
 impl ImapServer {
     /// A server over `services` with `config`; `tls` enables STARTTLS and IMAPS.
@@ -154,6 +157,13 @@ impl ImapServer {
                 }
             }
             let idling = session.input_mode() == InputMode::IdleLine;
+            let want = if idling { IDLE_READ_CHUNK } else { READ_CHUNK };
+            if buf.len() != want {
+                buf = vec![0u8; want];
+                if idling {
+                    framer.shrink();
+                }
+            }
             let timeout = session.idle_timeout();
             tokio::select! {
                 r = stream.read(&mut buf) => {

@@ -93,6 +93,17 @@ struct Selected {
     feed: ChangeFeed,
     dirty: bool,
     pending_expunge: bool,
+    /// During IDLE the view shrinks to its UIDs (`msgs` is emptied): an
+    /// idle session may sit for hours, and thousands of them must fit in
+    /// little memory. Rebuilt from the store when IDLE ends.
+    idle_view: Option<IdleView>,
+}
+
+/// The view of a session in IDLE: UIDs in sequence order and the highest
+/// MODSEQ the session knows; a message with a higher MODSEQ has changed.
+struct IdleView {
+    uids: Vec<Uid>,
+    modseq: ModSeq,
 }
 
 impl Selected {
@@ -668,6 +679,13 @@ impl Session {
             CommandBody::Idle if authed => {
                 // RFC 2177 / RFC 9051 §6.3.13
                 self.sync(true).await;
+                if let Some(sel) = self.selected.as_mut() {
+                    // Every expunge was just announced: the view is UIDs only.
+                    let modseq = sel.msgs.iter().map(|m| m.modseq).max().unwrap_or(0);
+                    let uids = sel.msgs.iter().map(|m| m.uid).collect();
+                    sel.msgs = Vec::new();
+                    sel.idle_view = Some(IdleView { uids, modseq });
+                }
                 self.out.continuation("idling");
                 self.pending = Pending::Idle { tag: tag.into() };
                 return None;
@@ -944,7 +962,7 @@ impl Session {
     /// Handles one raw line during IDLE (RFC 2177: `DONE` ends it).
     pub async fn handle_idle_line(&mut self, line: &[u8]) -> Action {
         if let Pending::Idle { tag } = std::mem::replace(&mut self.pending, Pending::None) {
-            self.sync(true).await;
+            self.sync_idle(true).await;
             if line.eq_ignore_ascii_case(b"DONE") {
                 self.out.tagged(&tag, Status::Ok, None, "IDLE terminated");
             } else {
@@ -985,6 +1003,13 @@ impl Session {
     /// Sends pending mailbox updates: EXISTS, flag changes, and (when
     /// allowed) EXPUNGE (RFC 9051 §5.2, §7.5.1).
     async fn sync(&mut self, allow_expunge: bool) {
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|s| s.idle_view.is_some())
+        {
+            return self.sync_idle(false).await;
+        }
         let account = self.account();
         let condstore = self.enabled.condstore;
         let qresync = self.enabled.qresync;
@@ -1047,6 +1072,108 @@ impl Session {
                 .map(|m| m.uid)
                 .collect();
             Self::announce_expunged(&mut self.out, sel, &gone, qresync);
+        }
+    }
+
+    /// Sends pending updates to a session in IDLE (RFC 2177): FETCH FLAGS
+    /// for messages whose MODSEQ passed the view's, EXPUNGE or VANISHED at
+    /// once (IDLE allows them), EXISTS for new messages. With `finish`
+    /// (IDLE ends), rebuilds the full view from the same snapshot, so that
+    /// no change falls between the last report and the rebuilt view.
+    async fn sync_idle(&mut self, finish: bool) {
+        let account = self.account();
+        let condstore = self.enabled.condstore;
+        let qresync = self.enabled.qresync;
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        while let Ok(_) | Err(TryRecvError::Lagged(_)) = sel.feed.try_recv() {
+            sel.dirty = true;
+        }
+        if !sel.dirty && !finish {
+            return;
+        }
+        let Some(mut view) = sel.idle_view.take() else {
+            return;
+        };
+        let current = match self.services.store.messages(&account, sel.id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(target: "imap", error = %e, "reading the mailbox failed");
+                if finish {
+                    // Rebuild from what is known; the next sync re-reads.
+                    sel.msgs = view
+                        .uids
+                        .iter()
+                        .map(|&uid| Msg {
+                            uid,
+                            flags: Flags::new(),
+                            modseq: 0,
+                            internal_date: 0,
+                            size: 0,
+                            expunged: false,
+                        })
+                        .collect();
+                    sel.dirty = true;
+                } else {
+                    sel.idle_view = Some(view);
+                }
+                return;
+            }
+        };
+        sel.dirty = false;
+        let current: BTreeMap<Uid, MessageMeta> = current.into_iter().map(|m| (m.uid, m)).collect();
+        let mut gone = Vec::new();
+        for (i, uid) in view.uids.iter().enumerate() {
+            match current.get(uid) {
+                None => gone.push(i),
+                Some(m) if m.modseq > view.modseq => {
+                    let mut line =
+                        format!("{} FETCH (FLAGS {} UID {uid}", i + 1, flag_list(&m.flags));
+                    if condstore {
+                        line.push_str(&format!(" MODSEQ ({})", m.modseq));
+                    }
+                    line.push(')');
+                    self.out.untagged(&line);
+                }
+                Some(_) => {}
+            }
+        }
+        if qresync && !gone.is_empty() {
+            let uids: Vec<Uid> = gone.iter().map(|i| view.uids[*i]).collect();
+            self.out
+                .untagged(&format!("VANISHED {}", set_string(&uids)));
+        }
+        for &i in gone.iter().rev() {
+            view.uids.remove(i);
+            if !qresync {
+                self.out.untagged(&format!("{} EXPUNGE", i + 1));
+            }
+        }
+        let max_known = view.uids.last().copied().unwrap_or(0);
+        let before = view.uids.len();
+        view.uids.extend(
+            current
+                .range(max_known.saturating_add(1)..)
+                .map(|(u, _)| *u),
+        );
+        if view.uids.len() != before {
+            self.out.untagged(&format!("{} EXISTS", view.uids.len()));
+        }
+        view.modseq = current
+            .values()
+            .map(|m| m.modseq)
+            .max()
+            .unwrap_or(0)
+            .max(view.modseq);
+        if finish {
+            sel.msgs = view
+                .uids
+                .iter()
+                .filter_map(|u| current.get(u).cloned().map(Msg::from))
+                .collect();
+        } else {
+            sel.idle_view = Some(view);
         }
     }
 
@@ -1238,6 +1365,7 @@ impl Session {
             feed,
             dirty: false,
             pending_expunge: false,
+            idle_view: None,
         });
         self.state = SessionState::Selected;
         if read_only {

@@ -1018,3 +1018,39 @@ async fn id_and_enable_and_starttls_states() {
         "d BAD STARTTLS not available\r\n"
     );
 }
+
+/// IDLE keeps only UIDs (memory for thousands of idle sessions); flag
+/// changes, expunges and new messages still arrive, and after DONE the
+/// full view is back with the right flags and numbers.
+#[tokio::test]
+async fn idle_reports_flags_expunges_and_rebuilds_the_view() {
+    let (env, mut a) = mailbox_with_three().await;
+    assert_eq!(a.send("i IDLE\r\n").await, "+ idling\r\n");
+    let mut b = Client::new(&env, plaintext_config());
+    b.output();
+    b.login("alice@example.com", "secret").await;
+    b.send("s SELECT INBOX\r\n").await;
+    b.send("a UID STORE 3 +FLAGS (\\Answered)\r\n").await;
+    b.send("b UID STORE 1 +FLAGS.SILENT (\\Deleted)\r\n").await;
+    b.send("c EXPUNGE\r\n").await;
+    append(&mut b, "INBOX", "(\\Seen)", &sample_message("new", "mail")).await;
+    a.session.changed().await;
+    a.session.idle_update().await;
+    assert_eq!(
+        a.output(),
+        "* 3 FETCH (FLAGS (\\Answered) UID 3)\r\n* 1 EXPUNGE\r\n* 3 EXISTS\r\n"
+    );
+    // A flag change after the last update arrives with DONE.
+    b.send("d UID STORE 2 -FLAGS (\\Flagged)\r\n").await;
+    assert_eq!(
+        a.send("DONE\r\n").await,
+        "* 1 FETCH (FLAGS () UID 2)\r\ni OK IDLE terminated\r\n"
+    );
+    let r = a.send("f FETCH 1:* (UID FLAGS)\r\n").await;
+    assert_eq!(
+        r,
+        "* 1 FETCH (UID 2 FLAGS ())\r\n* 2 FETCH (UID 3 FLAGS (\\Answered))\r\n* 3 FETCH (UID 4 FLAGS (\\Seen))\r\nf OK FETCH completed\r\n"
+    );
+    // Nothing is reported twice.
+    assert_eq!(a.send("n NOOP\r\n").await, "n OK completed\r\n");
+}

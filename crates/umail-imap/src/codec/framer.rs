@@ -97,6 +97,13 @@ impl Framer {
         }
     }
 
+    /// Releases buffer memory beyond what is buffered now (a session in
+    /// IDLE may wait for hours).
+    pub fn shrink(&mut self) {
+        self.input.shrink_to_fit();
+        self.command.shrink_to_fit();
+    }
+
     /// Adds received bytes.
     pub fn push(&mut self, data: &[u8]) {
         self.input.extend_from_slice(data);
