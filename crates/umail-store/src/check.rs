@@ -51,7 +51,8 @@ impl Store {
     /// content matches its blake3 id; every queue entry has its content, one
     /// status per recipient, and is in the due index exactly when active or
     /// deferred; directory records point at existing domains, departments
-    /// and users.
+    /// and users; remote accounts belong to users and DomainPOP accounts to
+    /// hosted domains; each seen set's count and age index match its ids.
     ///
     /// Returns `Err` with a description of the problems found (at most 50).
     pub fn check_invariants(&self) -> Result<(), String> {
@@ -60,6 +61,7 @@ impl Store {
         check_mail(Tx::Read(&tx), &mut p).map_err(|e| e.0)?;
         check_queue(Tx::Read(&tx), &mut p).map_err(|e| e.0)?;
         check_directory(Tx::Read(&tx), &mut p).map_err(|e| e.0)?;
+        crate::collection::check(Tx::Read(&tx), &mut |problem| p.add(problem)).map_err(|e| e.0)?;
         if p.0.is_empty() {
             Ok(())
         } else {

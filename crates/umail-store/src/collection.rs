@@ -11,7 +11,7 @@
 //! database file, which only the server's user can read). They are wrapped
 //! in [`RemotePassword`], whose `Debug` prints `***`, and are never logged.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 use umail_core::{Address, Domain};
@@ -510,6 +510,66 @@ pub(crate) fn purge_domain(ctx: &mut Ctx<'_>, domain: &str) -> Result<(), DbErr>
     Ok(())
 }
 
+/// The invariants of the collection tables (see
+/// [`Store::check_invariants`]).
+pub(crate) fn check(tx: Tx<'_>, problem: &mut dyn FnMut(String)) -> Result<(), DbErr> {
+    use std::collections::BTreeMap;
+    let mut owners: Vec<(String, u64)> = Vec::new();
+    tx.scan_all(REMOTE_ACCOUNTS, |(account, id), _| {
+        owners.push((account.to_string(), id));
+        Ok(true)
+    })?;
+    for (account, id) in owners {
+        let exists = match crate::split_account(&account) {
+            Some((d, l)) => tx.exists(USERS, (d, l))?,
+            None => false,
+        };
+        if !exists {
+            problem(format!(
+                "remote account {id} belongs to missing user {account}"
+            ));
+        }
+    }
+    let mut domains: Vec<String> = Vec::new();
+    tx.scan_all(DOMAIN_POP, |d, _| {
+        domains.push(d.to_string());
+        Ok(true)
+    })?;
+    for d in domains {
+        if !tx.exists(crate::db::DOMAINS, d.as_str())? {
+            problem(format!("DomainPOP account of missing domain {d}"));
+        }
+    }
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ids: BTreeSet<(String, i64, String)> = BTreeSet::new();
+    tx.scan_all(COLLECT_SEEN, |(set, id), t| {
+        *counts.entry(set.to_string()).or_default() += 1;
+        ids.insert((set.to_string(), t, id.to_string()));
+        Ok(true)
+    })?;
+    let mut aged: BTreeSet<(String, i64, String)> = BTreeSet::new();
+    tx.scan_all(COLLECT_SEEN_AGE, |(set, t, id), _| {
+        aged.insert((set.to_string(), t, id.to_string()));
+        Ok(true)
+    })?;
+    if ids != aged {
+        problem(format!(
+            "seen-set age index disagrees with the ids ({} ids, {} index entries)",
+            ids.len(),
+            aged.len()
+        ));
+    }
+    let mut stored: BTreeMap<String, u64> = BTreeMap::new();
+    tx.scan_all(COLLECT_SEEN_COUNT, |set, n| {
+        stored.insert(set.to_string(), n);
+        Ok(true)
+    })?;
+    if stored != counts {
+        problem("seen-set counts disagree with the ids".to_string());
+    }
+    Ok(())
+}
+
 fn seen_count(tx: Tx<'_>, set: &str) -> Result<u64, DbErr> {
     Ok(tx.get_with(COLLECT_SEEN_COUNT, set, Ok)?.unwrap_or(0))
 }
@@ -636,9 +696,9 @@ impl Store {
         })
     }
 
-    /// Replaces the settings of a remote account (its status and seen set
-    /// stay; changing the server or login starts a new seen set because
-    /// the sets are keyed by the remote mailbox).
+    /// Replaces the settings of a remote account. Its status stays; its
+    /// seen sets stay unless the remote mailbox (user, host or port)
+    /// changes, which forgets them (a different mailbox starts afresh).
     pub async fn update_remote_account(
         &self,
         owner: &Address,
@@ -656,6 +716,10 @@ impl Store {
                     "remote account {id} of {account}"
                 )));
             };
+            let mailbox = |c: &RemoteAccountConfig| c.server.display().to_ascii_lowercase();
+            if mailbox(&info.config) != mailbox(&config) {
+                clear_prefix(ctx, &remote_seen_prefix(&account, id))?;
+            }
             info.config = config.clone();
             // A change of settings is worth an immediate attempt.
             info.status.next_attempt = 0;
@@ -1072,8 +1136,24 @@ mod tests {
         assert_eq!(st.fetched_total, 7);
         assert_eq!(st.last_success, Some(2005));
 
-        // Seen sets go with the account.
+        // Changing the password keeps the seen set; changing the mailbox
+        // forgets it.
         let prefix = a.seen_prefix();
+        s.mark_seen(&format!("{prefix}src"), "u0", 5, 0)
+            .await
+            .unwrap();
+        let mut cfg = a.config.clone();
+        cfg.server.password = RemotePassword::new("new-password");
+        s.update_remote_account(&alice, a.id, cfg.clone())
+            .await
+            .unwrap();
+        assert_eq!(s.seen_len(&format!("{prefix}src")).unwrap(), 1);
+        cfg.server.host = "pop.other.example".into();
+        let updated = s.update_remote_account(&alice, a.id, cfg).await.unwrap();
+        assert_eq!(updated.status.fetched_total, 7);
+        assert_eq!(s.seen_len(&format!("{prefix}src")).unwrap(), 0);
+
+        // Seen sets go with the account.
         s.mark_seen(&format!("{prefix}src"), "u1", 5, 0)
             .await
             .unwrap();
@@ -1088,6 +1168,7 @@ mod tests {
         s.remove_user(&alice).await.unwrap();
         assert!(s.list_remote_accounts(None).unwrap().is_empty());
         assert_eq!(s.seen_len(&format!("{}src", b.seen_prefix())).unwrap(), 0);
+        s.check_invariants().unwrap();
     }
 
     #[tokio::test]
@@ -1121,6 +1202,8 @@ mod tests {
         assert_eq!(s.clear_seen("set").await.unwrap(), 2);
         assert!(s.seen_ids("set2").unwrap().is_empty());
         assert!(s.mark_seen("set", "", 1, 0).await.is_err());
+        s.mark_seen("set3", "y", 1, 0).await.unwrap();
+        s.check_invariants().unwrap();
     }
 
     #[tokio::test]
