@@ -284,7 +284,11 @@ fn parse_entity(
                 let (main, params) = parse_params(&v);
                 match main.split_once('/') {
                     Some((t, s)) if !t.is_empty() && !s.is_empty() => {
-                        (t.trim().to_string(), s.trim().to_string(), params)
+                        // NULs are dropped here as in the written
+                        // BODYSTRUCTURE, so that what is shown as
+                        // MESSAGE/RFC822 is parsed as one.
+                        let clean = |v: &str| v.trim().replace('\0', "");
+                        (clean(t), clean(s), params)
                     }
                     _ => ("text".to_string(), "plain".to_string(), params),
                 }
