@@ -18,9 +18,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod codec;
+pub mod dkim;
+pub mod dsn;
 pub mod message;
 pub mod policy;
+pub mod routing;
 pub mod server;
 pub mod session;
 

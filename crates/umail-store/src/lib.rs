@@ -41,6 +41,7 @@ mod check;
 pub mod collection;
 mod db;
 mod directory;
+pub mod dkim;
 mod mail;
 mod queue;
 mod writer;

@@ -1,27 +1,86 @@
 //! Outbound delivery in the binary: the queue runner, `umail queue ...`,
 //! `umail domain dkim ...` and `umail bench delivery`.
 
-use anyhow::{Result, bail};
+mod bench;
+pub mod runner;
+
+use std::sync::Arc;
+
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use umail_core::config::Config;
-use umail_core::{Services, Shutdown};
+use umail_core::{QueueEntry, QueueId, QueueState, RecipientStatus, Services, Shutdown};
+use umail_smtp::client::Timeouts;
+use umail_smtp::routing::{HickoryDns, Router, SmartHost};
 use umail_store::Store;
+use umail_store::dkim::DkimKeyRecord;
 
 use crate::admin::{AdminReply, Output};
+
+pub use bench::bench;
+
+/// Overrides every SMTP client timeout, in seconds (tests, benches). The
+/// RFC 5321 §4.5.3.2 defaults apply otherwise.
+pub const TIMEOUT_ENV: &str = "UMAIL_SMTP_CLIENT_TIMEOUT_SECS";
 
 /// `umail queue ...`
 #[derive(Debug, Subcommand)]
 pub enum QueueCmd {
     /// List queued messages.
-    List,
+    List {
+        /// Only one queue: active, deferred, held or failed.
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Show one entry with its recipients and attempt log.
+    Show {
+        /// Queue id (16 hex digits).
+        id: String,
+    },
+    /// Retry now: one entry, a domain's entries, or every deferred entry.
+    Flush {
+        /// Queue id.
+        id: Option<String>,
+        /// Only entries with recipients in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Hold an entry (not attempted until released).
+    Hold {
+        /// Queue id.
+        id: String,
+    },
+    /// Release a held (or failed) entry for delivery now.
+    Release {
+        /// Queue id.
+        id: String,
+    },
+    /// Delete an entry and its message.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
 }
 
 /// `umail domain dkim ...`
 #[derive(Debug, Subcommand)]
 pub enum DkimCmd {
-    /// Show a domain's DKIM key record.
+    /// Create (or replace) a domain's signing key and print the TXT record.
+    Generate {
+        /// The domain.
+        domain: String,
+        /// DNS selector.
+        #[arg(long, default_value = "umail")]
+        selector: String,
+    },
+    /// Show a domain's DKIM DNS record.
     Show {
+        /// The domain.
+        domain: String,
+    },
+    /// Remove a domain's key (mail is no longer signed).
+    Remove {
         /// The domain.
         domain: String,
     },
@@ -33,6 +92,12 @@ pub struct DeliveryBenchArgs {
     /// Concurrent connections.
     #[arg(long, default_value_t = 20)]
     pub connections: usize,
+    /// Messages to deliver.
+    #[arg(long, default_value_t = 2000)]
+    pub messages: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub size: usize,
 }
 
 /// A delivery request carried by the admin socket and HTTP API.
@@ -40,43 +105,346 @@ pub struct DeliveryBenchArgs {
 #[serde(tag = "delivery_op", rename_all = "snake_case")]
 pub enum DeliveryRequest {
     /// List the queue.
-    QueueList,
+    QueueList {
+        /// Filter by state.
+        state: Option<QueueState>,
+    },
+    /// Show an entry.
+    QueueShow {
+        /// Id.
+        id: String,
+    },
+    /// Flush.
+    QueueFlush {
+        /// One entry.
+        id: Option<String>,
+        /// Entries for a domain.
+        domain: Option<String>,
+    },
+    /// Hold.
+    QueueHold {
+        /// Id.
+        id: String,
+    },
+    /// Release.
+    QueueRelease {
+        /// Id.
+        id: String,
+    },
+    /// Delete.
+    QueueDelete {
+        /// Id.
+        id: String,
+    },
+    /// Generate a DKIM key.
+    DkimGenerate {
+        /// The domain.
+        domain: String,
+        /// Selector.
+        selector: String,
+    },
     /// Show DKIM.
     DkimShow {
         /// The domain.
         domain: String,
     },
+    /// Remove DKIM.
+    DkimRemove {
+        /// The domain.
+        domain: String,
+    },
+}
+
+fn parse_state(s: &str) -> Result<QueueState> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "active" => QueueState::Active,
+        "deferred" => QueueState::Deferred,
+        "held" | "hold" => QueueState::Held,
+        "failed" => QueueState::Failed,
+        other => anyhow::bail!("unknown queue {other:?}: use active, deferred, held or failed"),
+    })
 }
 
 /// Turns `umail queue ...` into a request.
 pub fn queue_request(cmd: QueueCmd) -> Result<DeliveryRequest> {
     Ok(match cmd {
-        QueueCmd::List => DeliveryRequest::QueueList,
+        QueueCmd::List { queue } => DeliveryRequest::QueueList {
+            state: queue.as_deref().map(parse_state).transpose()?,
+        },
+        QueueCmd::Show { id } => DeliveryRequest::QueueShow { id },
+        QueueCmd::Flush { id, domain } => DeliveryRequest::QueueFlush { id, domain },
+        QueueCmd::Hold { id } => DeliveryRequest::QueueHold { id },
+        QueueCmd::Release { id } => DeliveryRequest::QueueRelease { id },
+        QueueCmd::Delete { id } => DeliveryRequest::QueueDelete { id },
     })
 }
 
 /// Turns `umail domain dkim ...` into a request.
 pub fn dkim_request(cmd: DkimCmd) -> Result<DeliveryRequest> {
     Ok(match cmd {
+        DkimCmd::Generate { domain, selector } => {
+            DeliveryRequest::DkimGenerate { domain, selector }
+        }
         DkimCmd::Show { domain } => DeliveryRequest::DkimShow { domain },
+        DkimCmd::Remove { domain } => DeliveryRequest::DkimRemove { domain },
     })
 }
 
-/// Handles a delivery request against the store.
-pub async fn execute(_store: &Store, request: DeliveryRequest) -> AdminReply {
-    match request {
-        DeliveryRequest::QueueList => Ok(Output::Table {
-            columns: vec!["id".into(), "state".into()],
-            rows: Vec::new(),
-        }),
-        DeliveryRequest::DkimShow { domain } => Err(format!("no DKIM key for {domain}")),
+fn state_name(s: QueueState) -> &'static str {
+    match s {
+        QueueState::Active => "active",
+        QueueState::Deferred => "deferred",
+        QueueState::Held => "held",
+        QueueState::Failed => "failed",
     }
 }
 
-/// Starts the queue runner of `umail serve`.
-pub fn spawn_runner(_config: &Config, _store: Store, _services: Services, _shutdown: Shutdown) {}
+fn time(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
 
-/// Runs `umail bench delivery`.
-pub async fn bench(_args: DeliveryBenchArgs) -> Result<()> {
-    bail!("umail bench delivery is not available yet")
+fn status_text(s: &RecipientStatus) -> String {
+    match s {
+        RecipientStatus::Pending => "pending".into(),
+        RecipientStatus::Delivered { reply } => format!("delivered: {reply}"),
+        RecipientStatus::Deferred { reply } => format!("deferred: {reply}"),
+        RecipientStatus::Failed { reply } => format!("failed: {reply}"),
+    }
+}
+
+async fn entry(store: &Store, id: &str) -> Result<QueueEntry, String> {
+    use umail_core::QueueStore;
+    let qid = QueueId::parse(id).ok_or_else(|| format!("bad queue id {id:?}"))?;
+    store
+        .get(qid)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no queue entry {id}"))
+}
+
+/// Handles a delivery request against the store.
+pub async fn execute(store: &Store, request: DeliveryRequest) -> AdminReply {
+    use umail_core::QueueStore;
+    let now = umail_core::unix_now();
+    match request {
+        DeliveryRequest::QueueList { state } => {
+            let mut entries = store.list(state).await.map_err(|e| e.to_string())?;
+            entries.sort_by_key(|e| (e.created, e.id));
+            let rows = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.id.to_string(),
+                        state_name(e.state).into(),
+                        e.envelope.reverse_path.to_string(),
+                        e.envelope
+                            .recipients
+                            .iter()
+                            .map(|r| r.address.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        e.size.to_string(),
+                        e.attempts.to_string(),
+                        time(e.created),
+                        time(e.next_attempt),
+                    ]
+                })
+                .collect();
+            Ok(Output::Table {
+                columns: [
+                    "id",
+                    "queue",
+                    "from",
+                    "to",
+                    "size",
+                    "attempts",
+                    "queued",
+                    "next_attempt",
+                ]
+                .map(String::from)
+                .to_vec(),
+                rows,
+            })
+        }
+        DeliveryRequest::QueueShow { id } => {
+            let e = entry(store, &id).await?;
+            let mut fields = vec![
+                ("id".to_string(), e.id.to_string()),
+                ("queue".into(), state_name(e.state).into()),
+                ("from".into(), e.envelope.reverse_path.to_string()),
+                ("size".into(), e.size.to_string()),
+                ("queued".into(), time(e.created)),
+                ("next_attempt".into(), time(e.next_attempt)),
+                ("attempts".into(), e.attempts.to_string()),
+            ];
+            for (r, s) in e.envelope.recipients.iter().zip(&e.status) {
+                fields.push((format!("rcpt {}", r.address), status_text(s)));
+            }
+            for l in &e.log {
+                fields.push((
+                    format!("log {}", time(l.at)),
+                    format!("{} {}", l.host.clone().unwrap_or_default(), l.result),
+                ));
+            }
+            Ok(Output::Record { fields })
+        }
+        DeliveryRequest::QueueFlush { id, domain } => {
+            let targets = match id {
+                Some(id) => vec![entry(store, &id).await?],
+                None => store.list(None).await.map_err(|e| e.to_string())?,
+            };
+            let mut n = 0;
+            for mut e in targets {
+                if !matches!(e.state, QueueState::Active | QueueState::Deferred) {
+                    continue;
+                }
+                if let Some(d) = &domain
+                    && !e
+                        .envelope
+                        .recipients
+                        .iter()
+                        .any(|r| r.address.domain().as_str().eq_ignore_ascii_case(d))
+                {
+                    continue;
+                }
+                e.next_attempt = now;
+                e.state = QueueState::Active;
+                store.update(&e).await.map_err(|e| e.to_string())?;
+                n += 1;
+            }
+            Ok(Output::Done {
+                message: format!("{n} queue entries scheduled for immediate delivery"),
+            })
+        }
+        DeliveryRequest::QueueHold { id } => {
+            let mut e = entry(store, &id).await?;
+            e.state = QueueState::Held;
+            store.update(&e).await.map_err(|e| e.to_string())?;
+            Ok(Output::Done {
+                message: format!("{id} held"),
+            })
+        }
+        DeliveryRequest::QueueRelease { id } => {
+            let mut e = entry(store, &id).await?;
+            if e.state == QueueState::Failed {
+                // Released from the failed queue: failed recipients are tried again.
+                for s in e.status.iter_mut() {
+                    if matches!(s, RecipientStatus::Failed { .. }) {
+                        *s = RecipientStatus::Pending;
+                    }
+                }
+            }
+            e.state = QueueState::Active;
+            e.next_attempt = now;
+            store.update(&e).await.map_err(|e| e.to_string())?;
+            Ok(Output::Done {
+                message: format!("{id} released"),
+            })
+        }
+        DeliveryRequest::QueueDelete { id } => {
+            let e = entry(store, &id).await?;
+            store.remove(e.id).await.map_err(|e| e.to_string())?;
+            Ok(Output::Done {
+                message: format!("{id} deleted"),
+            })
+        }
+        DeliveryRequest::DkimGenerate { domain, selector } => {
+            let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            umail_core::Domain::parse(&domain).map_err(|e| format!("bad domain: {e}"))?;
+            let (private_key, txt) = umail_smtp::dkim::generate().map_err(|e| e.to_string())?;
+            store
+                .put_dkim_key(DkimKeyRecord {
+                    domain: domain.clone(),
+                    selector: selector.clone(),
+                    algorithm: "rsa".into(),
+                    private_key,
+                    created: now,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(dkim_output(&domain, &selector, &txt))
+        }
+        DeliveryRequest::DkimShow { domain } => {
+            let k = store
+                .dkim_key(&domain)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no DKIM key for {domain}"))?;
+            let txt = umail_smtp::dkim::txt_record(&k.private_key).map_err(|e| e.to_string())?;
+            Ok(dkim_output(&k.domain, &k.selector, &txt))
+        }
+        DeliveryRequest::DkimRemove { domain } => {
+            if store
+                .remove_dkim_key(&domain)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Ok(Output::Done {
+                    message: format!("DKIM key of {domain} removed"),
+                })
+            } else {
+                Err(format!("no DKIM key for {domain}"))
+            }
+        }
+    }
+}
+
+fn dkim_output(domain: &str, selector: &str, txt: &str) -> Output {
+    Output::Record {
+        fields: vec![
+            ("domain".into(), domain.into()),
+            ("selector".into(), selector.into()),
+            (
+                "record".into(),
+                format!("{selector}._domainkey.{domain}. IN TXT \"{txt}\""),
+            ),
+            ("txt".into(), txt.into()),
+        ],
+    }
+}
+
+/// Client timeouts: RFC defaults, or all set from [`TIMEOUT_ENV`].
+pub fn client_timeouts() -> Timeouts {
+    match std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(s) if s > 0 => Timeouts::uniform(std::time::Duration::from_secs(s)),
+        _ => Timeouts::default(),
+    }
+}
+
+/// Builds the router for a configuration.
+pub fn router(config: &Config) -> Result<Router> {
+    let dns = HickoryDns::new(&config.dns).map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
+    let smart = match &config.delivery.relay {
+        Some(url) => Some(SmartHost::parse(url).map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
+    Ok(Router::new(
+        config.delivery.route.clone(),
+        smart,
+        Arc::new(dns),
+    ))
+}
+
+/// Starts the queue runner of `umail serve`.
+pub fn spawn_runner(config: &Config, store: Store, services: Services, shutdown: Shutdown) {
+    let router = match router(config) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(target: "queue", error = %e, "outbound delivery disabled");
+            return;
+        }
+    };
+    let runner = Arc::new(runner::Runner::new(
+        services,
+        store,
+        router,
+        config.delivery.clone(),
+        client_timeouts(),
+    ));
+    tokio::spawn(runner.run(shutdown));
 }

@@ -1,0 +1,741 @@
+//! The queue runner: picks due entries, delivers local recipients through
+//! the store and remote ones over SMTP, records every attempt durably,
+//! retries on schedule and sends DSNs.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use umail_core::config::{DeliveryConfig, DeliveryMode};
+use umail_core::store::INBOX;
+use umail_core::{
+    AttemptLog, DeliveryTarget, Envelope, Flags, QueueEntry, QueueState, Recipient,
+    RecipientStatus, Resolution, ReversePath, Services, Shutdown,
+};
+use umail_smtp::client::{ClientError, ClientSettings, RcptOutcome, SmtpConnection, Timeouts};
+use umail_smtp::dkim::DkimKey;
+use umail_smtp::dsn::{DsnAction, DsnInput, DsnRecipient};
+use umail_smtp::routing::{Hop, RouteError, Router};
+use umail_store::Store;
+
+/// How long a host that refused a connection is skipped.
+pub const REFUSED_MEMORY: Duration = Duration::from_secs(60);
+/// How long an idle pooled connection is kept.
+pub const IDLE_KEEP: Duration = Duration::from_secs(10);
+/// Send a "delayed" DSN once a message has waited this long.
+pub const DELAY_DSN_AFTER_SECS: i64 = 4 * 3600;
+/// A 5xx from the first MX fails the recipient (U-Mail's default) rather
+/// than trying the next MX.
+pub const FIRST_5XX_IS_FINAL: bool = true;
+/// The queue is polled this often.
+pub const POLL: Duration = Duration::from_millis(500);
+const DELAY_MARK: &str = "delay DSN sent";
+
+/// The shared state of the runner.
+pub struct Runner {
+    services: Services,
+    store: Store,
+    router: Router,
+    cfg: DeliveryConfig,
+    timeouts: Timeouts,
+    global: Arc<Semaphore>,
+    per_host: Mutex<HashMap<SocketAddr, Arc<Semaphore>>>,
+    pool: Mutex<HashMap<SocketAddr, Vec<(SmtpConnection, Instant)>>>,
+    refused: Mutex<HashMap<SocketAddr, Instant>>,
+    in_flight: Mutex<HashSet<u64>>,
+    dkim: Mutex<(Instant, HashMap<String, DkimKey>)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum Outcome {
+    Delivered(String),
+    Deferred(String),
+    Failed(String),
+}
+
+impl Runner {
+    /// A runner over the services with the given routing.
+    pub fn new(
+        services: Services,
+        store: Store,
+        router: Router,
+        cfg: DeliveryConfig,
+        timeouts: Timeouts,
+    ) -> Runner {
+        Runner {
+            global: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
+            services,
+            store,
+            router,
+            cfg,
+            timeouts,
+            per_host: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            dkim: Mutex::new((Instant::now() - Duration::from_secs(3600), HashMap::new())),
+        }
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            if shutdown.is_triggered() {
+                break;
+            }
+            self.tick().await;
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+        tracing::info!(target: "queue", "queue runner stopped");
+    }
+
+    async fn tick(self: &Arc<Self>) {
+        {
+            let mut pool = lock(&self.pool);
+            for conns in pool.values_mut() {
+                conns.retain(|(_, t)| t.elapsed() < IDLE_KEEP);
+            }
+            pool.retain(|_, v| !v.is_empty());
+        }
+        if lock(&self.dkim).0.elapsed() > Duration::from_secs(10) {
+            self.reload_dkim().await;
+        }
+        let now = umail_core::unix_now();
+        let due = match self.services.queue.due(now, 1000).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(target: "queue", error = %e, "cannot read the queue");
+                return;
+            }
+        };
+        for entry in due {
+            if !lock(&self.in_flight).insert(entry.id.0) {
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&self.global).acquire_owned().await else {
+                return;
+            };
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                let id = entry.id.0;
+                me.process(entry).await;
+                lock(&me.in_flight).remove(&id);
+                drop(permit);
+            });
+        }
+    }
+
+    async fn reload_dkim(&self) {
+        let mut map = HashMap::new();
+        if let Ok(keys) = self.store.dkim_keys().await {
+            for k in keys {
+                map.insert(
+                    k.domain.to_ascii_lowercase(),
+                    DkimKey {
+                        domain: k.domain,
+                        selector: k.selector,
+                        private_key: k.private_key,
+                    },
+                );
+            }
+        }
+        *lock(&self.dkim) = (Instant::now(), map);
+    }
+
+    fn sign(&self, envelope: &Envelope, message: &[u8]) -> Option<Vec<u8>> {
+        let from_domain = umail_smtp::dkim::signing_domain(message).or_else(|| {
+            envelope
+                .reverse_path
+                .address()
+                .map(|a| a.domain().as_str().to_ascii_lowercase())
+        })?;
+        let key = lock(&self.dkim).1.get(&from_domain).cloned()?;
+        match umail_smtp::dkim::sign(&key, message) {
+            Ok(mut h) => {
+                h.extend_from_slice(message);
+                Some(h)
+            }
+            Err(e) => {
+                tracing::warn!(target: "queue", domain = %from_domain, error = %e, "DKIM signing failed; sending unsigned");
+                None
+            }
+        }
+    }
+
+    async fn process(&self, mut entry: QueueEntry) {
+        let q = &self.services.queue;
+        let message = match q.content(entry.id).await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                tracing::error!(target: "queue", id = %entry.id, "queue entry has no content; removed");
+                let _ = q.remove(entry.id).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(target: "queue", id = %entry.id, error = %e, "cannot read queued message");
+                return;
+            }
+        };
+        // Group pending recipients by domain: one transaction per destination.
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, st) in entry.status.iter().enumerate() {
+            if !matches!(
+                st,
+                RecipientStatus::Pending | RecipientStatus::Deferred { .. }
+            ) {
+                continue;
+            }
+            let Some(r) = entry.envelope.recipients.get(i) else {
+                continue;
+            };
+            let d = r.address.domain().as_str().to_ascii_lowercase();
+            match groups.iter_mut().find(|(g, _)| *g == d) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((d, vec![i])),
+            }
+        }
+        let mut signed: Option<Option<Vec<u8>>> = None;
+        let mut delivered_remote: HashMap<usize, String> = HashMap::new();
+        for (domain, idx) in groups {
+            let local = match umail_core::Domain::parse(&domain) {
+                Ok(d) => self
+                    .services
+                    .directory
+                    .is_local_domain(&d)
+                    .await
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
+            let (outcomes, host) = if local {
+                (self.deliver_local(&entry, &idx, &message).await, None)
+            } else {
+                let msg = signed
+                    .get_or_insert_with(|| self.sign(&entry.envelope, &message))
+                    .clone()
+                    .map(Bytes::from)
+                    .unwrap_or_else(|| message.clone());
+                self.deliver_remote(&entry, &domain, &idx, &msg).await
+            };
+            for (i, o) in idx.iter().zip(outcomes) {
+                entry.status[*i] = match o {
+                    Outcome::Delivered(reply) => {
+                        if let Some(h) = &host {
+                            delivered_remote.insert(*i, h.clone());
+                        }
+                        RecipientStatus::Delivered { reply }
+                    }
+                    Outcome::Deferred(reply) => RecipientStatus::Deferred { reply },
+                    Outcome::Failed(reply) => RecipientStatus::Failed { reply },
+                };
+            }
+            entry.log.push(AttemptLog {
+                at: umail_core::unix_now(),
+                host: host.clone().or_else(|| local.then(|| "local".to_string())),
+                result: format!("{domain}: {}", summary(&entry, &idx)),
+            });
+            // Durable after each destination: a crash re-sends at most one group.
+            if let Err(e) = q.update(&entry).await {
+                tracing::warn!(target: "queue", id = %entry.id, error = %e, "cannot record delivery status");
+            }
+        }
+        self.finish(entry, &message, &delivered_remote).await;
+    }
+
+    async fn finish(
+        &self,
+        mut entry: QueueEntry,
+        message: &Bytes,
+        remote_hosts: &HashMap<usize, String>,
+    ) {
+        let q = &self.services.queue;
+        let now = umail_core::unix_now();
+        let pending = entry.status.iter().any(|s| {
+            matches!(
+                s,
+                RecipientStatus::Pending | RecipientStatus::Deferred { .. }
+            )
+        });
+        entry.attempts += 1;
+        let expired = now - entry.created >= self.cfg.max_queue_age_secs as i64;
+        if pending && expired {
+            for s in entry.status.iter_mut() {
+                if let RecipientStatus::Pending | RecipientStatus::Deferred { .. } = s {
+                    let last = match s {
+                        RecipientStatus::Deferred { reply } => reply.clone(),
+                        _ => String::new(),
+                    };
+                    *s = RecipientStatus::Failed {
+                        reply: format!("4.4.7 message expired in queue; last error: {last}"),
+                    };
+                }
+            }
+        }
+        let pending = pending && !expired;
+        // Failure DSNs for recipients that failed in this pass (not before).
+        let newly_failed: Vec<usize> = entry
+            .status
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, RecipientStatus::Failed { .. }))
+            .filter(|(i, _)| {
+                !entry
+                    .log
+                    .iter()
+                    .any(|l| l.result == format!("dsn-failed {i}"))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let mut report = Vec::new();
+        for &i in &newly_failed {
+            let r = &entry.envelope.recipients[i];
+            if r.notify.never || (!r.notify.is_default() && !r.notify.failure) {
+                continue;
+            }
+            let RecipientStatus::Failed { reply } = &entry.status[i] else {
+                continue;
+            };
+            report.push(dsn_rcpt(
+                r,
+                DsnAction::Failed,
+                reply,
+                remote_hosts.get(&i).cloned().or_else(|| host_of(&entry, i)),
+            ));
+        }
+        for (i, r) in entry.envelope.recipients.iter().enumerate() {
+            if r.notify.success
+                && let Some(RecipientStatus::Delivered { reply }) = entry.status.get(i)
+                && remote_hosts.contains_key(&i) | reply.starts_with("250 local")
+                && !entry
+                    .log
+                    .iter()
+                    .any(|l| l.result == format!("dsn-success {i}"))
+            {
+                report.push(dsn_rcpt(
+                    r,
+                    DsnAction::Delivered,
+                    reply,
+                    remote_hosts.get(&i).cloned(),
+                ));
+                entry.log.push(AttemptLog {
+                    at: now,
+                    host: None,
+                    result: format!("dsn-success {i}"),
+                });
+            }
+        }
+        for i in newly_failed {
+            entry.log.push(AttemptLog {
+                at: now,
+                host: None,
+                result: format!("dsn-failed {i}"),
+            });
+        }
+        if pending
+            && now - entry.created >= DELAY_DSN_AFTER_SECS
+            && !entry.log.iter().any(|l| l.result == DELAY_MARK)
+        {
+            for (i, r) in entry.envelope.recipients.iter().enumerate() {
+                let delay_ok = r.notify.delay || r.notify.is_default();
+                if let Some(RecipientStatus::Deferred { reply }) = entry.status.get(i)
+                    && delay_ok
+                    && !r.notify.never
+                {
+                    report.push(dsn_rcpt(r, DsnAction::Delayed, reply, host_of(&entry, i)));
+                }
+            }
+            entry.log.push(AttemptLog {
+                at: now,
+                host: None,
+                result: DELAY_MARK.into(),
+            });
+        }
+        if !report.is_empty() {
+            self.send_dsn(&entry, message, report).await;
+        }
+        let any_failed = entry
+            .status
+            .iter()
+            .any(|s| matches!(s, RecipientStatus::Failed { .. }));
+        if pending {
+            let intervals = &self.cfg.retry_intervals_secs;
+            let step = intervals
+                .get((entry.attempts as usize).saturating_sub(1))
+                .or(intervals.last())
+                .copied()
+                .unwrap_or(300);
+            entry.next_attempt = now + step as i64;
+            entry.state = QueueState::Deferred;
+            if let Err(e) = q.update(&entry).await {
+                tracing::warn!(target: "queue", id = %entry.id, error = %e, "cannot reschedule");
+            }
+        } else if any_failed && entry.envelope.reverse_path != ReversePath::Null {
+            // Kept in the failed queue for the operator.
+            entry.state = QueueState::Failed;
+            if let Err(e) = q.update(&entry).await {
+                tracing::warn!(target: "queue", id = %entry.id, error = %e, "cannot record failure");
+            }
+        } else {
+            if any_failed {
+                tracing::warn!(target: "queue", id = %entry.id, "bounce (null reverse path) undeliverable; dropped");
+            }
+            if let Err(e) = q.remove(entry.id).await {
+                tracing::warn!(target: "queue", id = %entry.id, error = %e, "cannot remove delivered entry");
+            } else {
+                tracing::info!(target: "queue", id = %entry.id, "delivered; removed from the queue");
+            }
+        }
+    }
+
+    async fn send_dsn(&self, entry: &QueueEntry, message: &[u8], recipients: Vec<DsnRecipient>) {
+        // RFC 3461 §6.2 / RFC 5321 §6.1: never bounce a bounce.
+        let Some(to) = entry.envelope.reverse_path.address() else {
+            tracing::info!(target: "queue", id = %entry.id, "no DSN for a null reverse path");
+            return;
+        };
+        let dsn = umail_smtp::dsn::build(&DsnInput {
+            reporting_mta: &self.services.hostname,
+            to,
+            envid: entry.envelope.envid.as_deref(),
+            arrival: entry.created,
+            ret: entry.envelope.ret,
+            original: message,
+            recipients,
+        });
+        let mut env = Envelope::new(ReversePath::Null);
+        env.recipients.push(Recipient::new(to.clone()));
+        env.smtputf8 = to.needs_smtputf8();
+        match self
+            .services
+            .queue
+            .enqueue(env, Bytes::from(dsn), umail_core::unix_now())
+            .await
+        {
+            Ok(id) => {
+                tracing::info!(target: "queue", id = %entry.id, dsn = %id, to = %to, "DSN queued")
+            }
+            Err(e) => {
+                tracing::warn!(target: "queue", id = %entry.id, error = %e, "cannot queue DSN")
+            }
+        }
+    }
+
+    async fn deliver_local(
+        &self,
+        entry: &QueueEntry,
+        idx: &[usize],
+        message: &Bytes,
+    ) -> Vec<Outcome> {
+        let s = &self.services;
+        let mut out = Vec::new();
+        let mut bytes = umail_smtp::message::return_path(&entry.envelope.reverse_path);
+        bytes.extend_from_slice(message);
+        let bytes = Bytes::from(bytes);
+        for &i in idx {
+            let r = &entry.envelope.recipients[i];
+            let o = match s.directory.resolve(&r.address).await {
+                Ok(Resolution::Local(p)) => {
+                    let t = DeliveryTarget {
+                        account: p.account(),
+                        mailbox: INBOX.to_string(),
+                        flags: Flags::new(),
+                    };
+                    match s
+                        .store
+                        .deliver(bytes.clone(), umail_core::unix_now(), &[t])
+                        .await
+                    {
+                        Ok(mut results) => match results.pop() {
+                            Some(Ok(_)) => Outcome::Delivered("250 local delivery".into()),
+                            Some(Err(e)) => Outcome::Deferred(format!("452 4.2.2 {e}")),
+                            None => Outcome::Deferred("451 4.3.0 no result".into()),
+                        },
+                        Err(e) => Outcome::Deferred(format!("451 4.3.0 {e}")),
+                    }
+                }
+                Ok(Resolution::Unknown) | Ok(Resolution::NotLocal) => {
+                    Outcome::Failed("550 5.1.1 no such user here".into())
+                }
+                Ok(other) => Outcome::Failed(format!(
+                    "550 5.1.1 recipient not deliverable from the queue ({other:?})"
+                )),
+                Err(e) => Outcome::Deferred(format!("451 4.3.0 {e}")),
+            };
+            out.push(o);
+        }
+        out
+    }
+
+    async fn deliver_remote(
+        &self,
+        entry: &QueueEntry,
+        domain: &str,
+        idx: &[usize],
+        message: &Bytes,
+    ) -> (Vec<Outcome>, Option<String>) {
+        let mode = self.cfg.mode;
+        let mut hops = Vec::new();
+        let mut route_err = None;
+        if mode != DeliveryMode::Relay {
+            match self.router.resolve(domain).await {
+                Ok(h) => hops = h,
+                Err(e) => route_err = Some(e),
+            }
+        }
+        let (mut outcomes, mut host) = if hops.is_empty() {
+            let o = match &route_err {
+                Some(RouteError::Permanent { status, text }) => {
+                    Outcome::Failed(format!("550 {status} {text}"))
+                }
+                Some(RouteError::Temporary(t)) => Outcome::Deferred(format!("451 4.4.3 {t}")),
+                None => Outcome::Deferred("451 4.4.3 no route".into()),
+            };
+            (
+                idx.iter().map(|_| clone_outcome(&o)).collect::<Vec<_>>(),
+                None,
+            )
+        } else {
+            self.try_hops(&hops, entry, idx, message).await
+        };
+        // Smart host: everything (relay) or what direct delivery left over.
+        let needs_relay: Vec<usize> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| match mode {
+                DeliveryMode::Relay => true,
+                DeliveryMode::DirectThenRelay => {
+                    matches!(o, Outcome::Deferred(_))
+                        || (route_err.is_some() && matches!(o, Outcome::Failed(_)))
+                }
+                DeliveryMode::Direct => false,
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if !needs_relay.is_empty() {
+            match self.router.smart_host().await {
+                Ok(Some(hop)) => {
+                    let sub: Vec<usize> = needs_relay.iter().map(|k| idx[*k]).collect();
+                    let (o2, h2) = self
+                        .try_hops(std::slice::from_ref(&hop), entry, &sub, message)
+                        .await;
+                    for (k, o) in needs_relay.iter().zip(o2) {
+                        outcomes[*k] = o;
+                    }
+                    host = h2.or(host);
+                }
+                Ok(None) => {
+                    if mode == DeliveryMode::Relay {
+                        for k in needs_relay {
+                            outcomes[k] = Outcome::Deferred(
+                                "451 4.3.5 relay mode without [delivery] relay".into(),
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    for k in needs_relay {
+                        if mode == DeliveryMode::Relay {
+                            outcomes[k] = Outcome::Deferred(format!("451 {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        (outcomes, host)
+    }
+
+    fn host_sem(&self, addr: SocketAddr) -> Arc<Semaphore> {
+        Arc::clone(
+            lock(&self.per_host).entry(addr).or_insert_with(|| {
+                Arc::new(Semaphore::new(self.cfg.max_connections_per_host.max(1)))
+            }),
+        )
+    }
+
+    async fn try_hops(
+        &self,
+        hops: &[Hop],
+        entry: &QueueEntry,
+        idx: &[usize],
+        message: &Bytes,
+    ) -> (Vec<Outcome>, Option<String>) {
+        let mut outcomes: Vec<Outcome> = idx
+            .iter()
+            .map(|_| Outcome::Deferred("451 4.4.1 no host reachable".into()))
+            .collect();
+        let mut last_host = None;
+        'hops: for hop in hops {
+            for &addr in &hop.addrs {
+                let todo: Vec<usize> = (0..idx.len())
+                    .filter(|k| matches!(outcomes[*k], Outcome::Deferred(_)))
+                    .collect();
+                if todo.is_empty() {
+                    break 'hops;
+                }
+                if lock(&self.refused)
+                    .get(&addr)
+                    .is_some_and(|t| t.elapsed() < REFUSED_MEMORY)
+                {
+                    for &k in &todo {
+                        outcomes[k] = Outcome::Deferred(format!(
+                            "451 4.4.1 {} ({addr}) refused connections recently",
+                            hop.name
+                        ));
+                    }
+                    continue;
+                }
+                let Ok(_permit) = self.host_sem(addr).acquire_owned().await else {
+                    continue;
+                };
+                let pooled = lock(&self.pool)
+                    .get_mut(&addr)
+                    .and_then(|v| v.pop())
+                    .map(|(c, _)| c);
+                let mut conn = match pooled {
+                    Some(c) => c,
+                    None => {
+                        let settings = ClientSettings {
+                            hello_name: self.services.hostname.clone(),
+                            server_name: hop.name.clone(),
+                            tls: hop.tls,
+                            verify_certificate: hop.verify_certificate,
+                            auth: hop.auth.clone(),
+                            timeouts: self.timeouts,
+                        };
+                        match SmtpConnection::connect(addr, settings).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                if matches!(
+                                    &e,
+                                    ClientError::Io(_) | ClientError::Timeout("connect")
+                                ) {
+                                    lock(&self.refused).insert(addr, Instant::now());
+                                }
+                                tracing::info!(target: "smtp.out", host = %hop.name, %addr, error = %e, "connection failed");
+                                let r = e.as_reply();
+                                for &k in &todo {
+                                    outcomes[k] = if e.is_permanent() && FIRST_5XX_IS_FINAL {
+                                        Outcome::Failed(r.one_line())
+                                    } else {
+                                        Outcome::Deferred(r.one_line())
+                                    };
+                                }
+                                last_host = Some(hop.name.clone());
+                                continue;
+                            }
+                        }
+                    }
+                };
+                last_host = Some(hop.name.clone());
+                let rcpts: Vec<&Recipient> = todo
+                    .iter()
+                    .map(|k| &entry.envelope.recipients[idx[*k]])
+                    .collect();
+                match conn.send(&entry.envelope, &rcpts, message).await {
+                    Ok(results) => {
+                        for (k, r) in todo.iter().zip(results) {
+                            tracing::info!(target: "smtp.out", id = %entry.id, rcpt = %entry.envelope.recipients[idx[*k]].address, host = %hop.name, reply = %r.reply(), "delivery attempt");
+                            outcomes[*k] = match r {
+                                RcptOutcome::Delivered(r) => Outcome::Delivered(r.one_line()),
+                                RcptOutcome::Deferred(r) => Outcome::Deferred(r.one_line()),
+                                RcptOutcome::Failed(r) if FIRST_5XX_IS_FINAL => {
+                                    Outcome::Failed(r.one_line())
+                                }
+                                RcptOutcome::Failed(r) => Outcome::Deferred(r.one_line()),
+                            };
+                        }
+                        let mut pool = lock(&self.pool);
+                        let v = pool.entry(addr).or_default();
+                        if v.len() < self.cfg.max_connections_per_host.max(1) {
+                            v.push((conn, Instant::now()));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(target: "smtp.out", id = %entry.id, host = %hop.name, error = %e, "transaction failed");
+                        let r = e.as_reply().one_line();
+                        for &k in &todo {
+                            outcomes[k] = Outcome::Deferred(r.clone());
+                        }
+                    }
+                }
+            }
+        }
+        (outcomes, last_host)
+    }
+}
+
+fn clone_outcome(o: &Outcome) -> Outcome {
+    match o {
+        Outcome::Delivered(s) => Outcome::Delivered(s.clone()),
+        Outcome::Deferred(s) => Outcome::Deferred(s.clone()),
+        Outcome::Failed(s) => Outcome::Failed(s.clone()),
+    }
+}
+
+fn summary(entry: &QueueEntry, idx: &[usize]) -> String {
+    idx.iter()
+        .map(|i| {
+            let a = &entry.envelope.recipients[*i].address;
+            match &entry.status[*i] {
+                RecipientStatus::Delivered { reply } => format!("{a} delivered ({reply})"),
+                RecipientStatus::Deferred { reply } => format!("{a} deferred ({reply})"),
+                RecipientStatus::Failed { reply } => format!("{a} failed ({reply})"),
+                RecipientStatus::Pending => format!("{a} pending"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn host_of(entry: &QueueEntry, _i: usize) -> Option<String> {
+    entry
+        .log
+        .iter()
+        .rev()
+        .find_map(|l| l.host.clone())
+        .filter(|h| h != "local")
+}
+
+fn status_of(reply: &str) -> String {
+    let mut words = reply.split_whitespace();
+    let code = words.next().unwrap_or("");
+    let second = words.next().unwrap_or("");
+    let valid = second.split('.').count() == 3
+        && second
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if valid {
+        second.to_string()
+    } else if code.starts_with('2') {
+        "2.0.0".into()
+    } else if code.starts_with('4') {
+        "4.0.0".into()
+    } else if second.split('.').count() == 3 {
+        second.to_string()
+    } else {
+        "5.0.0".into()
+    }
+}
+
+fn dsn_rcpt(r: &Recipient, action: DsnAction, reply: &str, host: Option<String>) -> DsnRecipient {
+    let mut status = status_of(reply);
+    if action == DsnAction::Failed && !status.starts_with('5') {
+        status = format!("5{}", &status[1..]);
+    }
+    DsnRecipient {
+        address: r.address.clone(),
+        orcpt: r.orcpt.clone(),
+        action,
+        status,
+        remote_mta: host,
+        diagnostic: Some(reply.to_string()),
+    }
+}
