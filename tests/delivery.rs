@@ -1,1 +1,598 @@
-//! End-to-end outbound delivery tests (being written).
+//! End-to-end outbound delivery through the real `umail` binary: umail to
+//! umail over a static route (read back by POP3, DKIM-signed), a scripted
+//! SMTP peer (4xx then 2xx, 5xx for one of two recipients, 5xx after DATA,
+//! a dropped connection), DSNs parsed back with mail-parser, the queue CLI,
+//! a SIGKILL during a delivery burst, and Postfix as a real peer MTA.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, python};
+use mail_parser::{MessageParser, MimeHeaders};
+use umail_core::MailStore;
+
+const PASSWORD: &str = "correct-horse-battery";
+
+fn setup(server: &TestServer, domain: &str, users: &[&str]) {
+    server.umail_ok(&["domain", "add", domain]);
+    for u in users {
+        server.umail_ok(&[
+            "user",
+            "add",
+            &format!("{u}@{domain}"),
+            "--password",
+            PASSWORD,
+        ]);
+    }
+}
+
+fn route(domain: &str, port: u16) -> String {
+    format!(
+        "[delivery]\nretry_intervals_secs = [1]\n\n[[delivery.route]]\ndomain = \"{domain}\"\nhost = \"127.0.0.1:{port}\"\n"
+    )
+}
+
+/// Submits one message as alice@example.com through the submission port.
+fn submit(server: &TestServer, to: &[&str], message_id: &str, extra_py: &str) {
+    let script = format!(
+        r#"
+import os, smtplib, ssl
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+to = os.environ["TO"].split(",")
+msg = ("From: Alice <alice@example.com>\r\nTo: " + ", ".join(to) + "\r\nSubject: outbound test\r\n"
+       "Message-ID: <" + os.environ["MID"] + ">\r\nMIME-Version: 1.0\r\n\r\nHello from umail.\r\n.dot line\r\n").encode()
+s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=30)
+s.starttls(context=ctx)
+s.login("alice@example.com", os.environ["PASSWORD"])
+{extra_py}
+s.sendmail("alice@example.com", to, msg)
+s.quit()
+"#
+    );
+    python(
+        &script,
+        &[
+            ("PORT", server.port("submission").to_string()),
+            ("PASSWORD", PASSWORD.to_string()),
+            ("TO", to.join(",")),
+            ("MID", message_id.to_string()),
+        ],
+    );
+}
+
+/// Queue ids listed by `umail queue list [--queue Q]`.
+fn queue_ids(server: &TestServer, queue: Option<&str>) -> Vec<String> {
+    let mut args = vec!["queue", "list"];
+    if let Some(q) = queue {
+        args.extend(["--queue", q]);
+    }
+    server
+        .umail_ok(&args)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.len() == 16 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until nothing is active or deferred.
+fn wait_queue_settled(server: &TestServer) {
+    wait_until("the queue to settle", || {
+        queue_ids(server, Some("active")).is_empty()
+            && queue_ids(server, Some("deferred")).is_empty()
+    });
+}
+
+/// Stops the server and returns the INBOX messages of `account`.
+fn inbox(server: &mut TestServer, account: &str) -> Vec<Vec<u8>> {
+    if server.child.is_some() {
+        assert!(server.terminate().success());
+    }
+    let store = umail_store::Store::open(server.data_dir().join("umail.redb")).expect("open store");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let Some(mailbox) = store.mailbox(account, "INBOX").await.unwrap() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for meta in store.messages(account, mailbox.id).await.unwrap() {
+            let c = store
+                .message_content(account, mailbox.id, meta.uid)
+                .await
+                .unwrap()
+                .expect("content");
+            out.push(c.to_vec());
+        }
+        out
+    })
+}
+
+/// The message/delivery-status part of a DSN, as text.
+fn delivery_status(dsn: &[u8]) -> String {
+    let msg = MessageParser::default().parse(dsn).expect("DSN parses");
+    let ct = msg.content_type().expect("content type");
+    assert_eq!(ct.ctype(), "multipart");
+    assert_eq!(ct.subtype(), Some("report"));
+    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+    let text = msg.body_text(0).expect("human-readable part");
+    assert!(
+        text.contains("could not be delivered") || text.contains("not been delivered"),
+        "{text}"
+    );
+    assert!(text.contains("邮件"), "Chinese text: {text}");
+    let part = msg
+        .parts
+        .iter()
+        .find(|p| {
+            p.content_type()
+                .is_some_and(|c| c.ctype() == "message" && c.subtype() == Some("delivery-status"))
+        })
+        .expect("message/delivery-status part");
+    String::from_utf8_lossy(part.contents()).into_owned()
+}
+
+/// Per-recipient field groups of a delivery-status body.
+fn recipient_fields(status: &str) -> Vec<Vec<(String, String)>> {
+    status
+        .split("\r\n\r\n")
+        .skip(1)
+        .filter(|g| !g.trim().is_empty())
+        .map(|g| {
+            g.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn field<'a>(group: &'a [(String, String)], name: &str) -> &'a str {
+    group
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {name} in {group:?}"))
+}
+
+// ---------------------------------------------------------------------------
+// Scripted SMTP peer.
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Script {
+    /// Accept everything, except recipients starting with "reject".
+    Normal,
+    /// 451 for every RCPT.
+    TempRcpt,
+    /// 554 after the final dot.
+    RejectData,
+    /// Close the connection right after MAIL FROM.
+    Drop,
+    /// Answer the final dot only after a pause.
+    Slow,
+}
+
+#[derive(Default)]
+struct Received {
+    /// (recipients, message) per accepted transaction.
+    messages: Vec<(Vec<String>, String)>,
+    /// MAIL commands seen (transactions started).
+    mails: usize,
+}
+
+struct Peer {
+    port: u16,
+    received: Arc<Mutex<Received>>,
+}
+
+impl Peer {
+    /// Starts a peer whose n-th transaction (from 0) follows `script(n)`.
+    fn start(script: impl Fn(usize) -> Script + Send + Sync + 'static) -> Peer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Received::default()));
+        let rec = Arc::clone(&received);
+        let script = Arc::new(script);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let rec = Arc::clone(&rec);
+                let script = Arc::clone(&script);
+                std::thread::spawn(move || serve_peer(stream, &*script, rec));
+            }
+        });
+        Peer { port, received }
+    }
+
+    fn messages(&self) -> Vec<(Vec<String>, String)> {
+        self.received.lock().unwrap().messages.clone()
+    }
+
+    fn transactions(&self) -> usize {
+        self.received.lock().unwrap().mails
+    }
+}
+
+fn serve_peer(
+    stream: TcpStream,
+    scripts: &(dyn Fn(usize) -> Script + Send + Sync),
+    rec: Arc<Mutex<Received>>,
+) {
+    let mut script = Script::Normal;
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let say = |w: &mut TcpStream, s: &str| w.write_all(s.as_bytes()).is_ok();
+    if !say(&mut w, "220 peer.test ESMTP scripted\r\n") {
+        return;
+    }
+    let mut rcpts = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let up = line.to_ascii_uppercase();
+        let reply = if up.starts_with("EHLO") {
+            "250-peer.test\r\n250-8BITMIME\r\n250 SIZE 10000000\r\n".to_string()
+        } else if up.starts_with("MAIL") {
+            rcpts.clear();
+            script = {
+                let mut r = rec.lock().unwrap();
+                r.mails += 1;
+                scripts(r.mails - 1)
+            };
+            if script == Script::Drop {
+                return;
+            }
+            "250 2.1.0 ok\r\n".into()
+        } else if up.starts_with("RCPT") {
+            let addr = line[line.find('<').unwrap_or(0) + 1..line.find('>').unwrap_or(line.len())]
+                .to_string();
+            if script == Script::TempRcpt {
+                "451 4.3.0 try again later\r\n".into()
+            } else if addr.starts_with("reject") {
+                "550 5.1.1 no such user here\r\n".into()
+            } else {
+                rcpts.push(addr);
+                "250 2.1.5 ok\r\n".into()
+            }
+        } else if up.starts_with("DATA") {
+            if !say(&mut w, "354 go ahead\r\n") {
+                return;
+            }
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == ".\r\n" {
+                    break;
+                }
+                data.push_str(&line);
+            }
+            match script {
+                Script::RejectData => "554 5.6.0 content rejected\r\n".into(),
+                _ => {
+                    if script == Script::Slow {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    rec.lock().unwrap().messages.push((rcpts.clone(), data));
+                    "250 2.0.0 queued\r\n".into()
+                }
+            }
+        } else if up.starts_with("QUIT") {
+            let _ = say(&mut w, "221 bye\r\n");
+            return;
+        } else {
+            "250 ok\r\n".into()
+        };
+        if !say(&mut w, &reply) {
+            return;
+        }
+    }
+}
+
+fn sender(peer_port: u16) -> TestServer {
+    let server = TestServer::start_with(&route("peer.test", peer_port));
+    setup(&server, "example.com", &["alice"]);
+    server
+}
+
+// ---------------------------------------------------------------------------
+
+#[test]
+fn umail_to_umail_over_static_route_read_by_pop3_with_dkim() {
+    let receiver = TestServer::start();
+    setup(&receiver, "partner.example", &["bob"]);
+    let mut sender = TestServer::start_with(&route("partner.example", receiver.port("smtp")));
+    setup(&sender, "example.com", &["alice"]);
+    let out = sender.umail_ok(&["domain", "dkim", "generate", "example.com"]);
+    assert!(
+        out.contains("umail._domainkey.example.com. IN TXT \"v=DKIM1; k=rsa; p=MII"),
+        "{out}"
+    );
+    let shown = sender.umail_ok(&["domain", "dkim", "show", "example.com"]);
+    assert!(shown.contains("v=DKIM1; k=rsa; p=MII"), "{shown}");
+
+    submit(&sender, &["bob@partner.example"], "e2e-1@example.com", "");
+    let script = r#"
+import os, poplib, ssl, time
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+for _ in range(300):
+    p = poplib.POP3_SSL("127.0.0.1", int(os.environ["PORT"]), context=ctx, timeout=30)
+    p.user("bob@partner.example"); p.pass_(os.environ["PASSWORD"])
+    n, _ = p.stat()
+    if n:
+        _, lines, _ = p.retr(1)
+        print("\n".join(l.decode("utf-8", "replace") for l in lines))
+        p.quit()
+        break
+    p.quit()
+    time.sleep(0.2)
+else:
+    raise SystemExit("message never arrived")
+"#;
+    let text = python(
+        script,
+        &[
+            ("PORT", receiver.port("pop3s").to_string()),
+            ("PASSWORD", PASSWORD.to_string()),
+        ],
+    );
+    assert!(text.contains("Message-ID: <e2e-1@example.com>"), "{text}");
+    assert!(text.contains("Hello from umail."), "{text}");
+    assert!(text.contains("\n.dot line"), "dot-stuffing undone: {text}");
+    assert!(
+        text.contains("DKIM-Signature:") && text.contains("d=example.com"),
+        "{text}"
+    );
+    assert!(text.contains("Return-Path: <alice@example.com>"), "{text}");
+    wait_queue_settled(&sender);
+    assert!(
+        queue_ids(&sender, None).is_empty(),
+        "delivered entries leave the queue"
+    );
+    assert!(sender.terminate().success());
+}
+
+#[test]
+fn temporary_failure_then_success_delivers_exactly_once() {
+    let peer = Peer::start(|n| {
+        if n == 0 {
+            Script::TempRcpt
+        } else {
+            Script::Normal
+        }
+    });
+    let sender = sender(peer.port);
+    submit(&sender, &["bob@peer.test"], "retry@example.com", "");
+    wait_until("the retry to deliver", || !peer.messages().is_empty());
+    wait_queue_settled(&sender);
+    std::thread::sleep(Duration::from_millis(1500));
+    let msgs = peer.messages();
+    assert_eq!(msgs.len(), 1, "exactly one copy");
+    assert_eq!(msgs[0].0, vec!["bob@peer.test"]);
+    assert!(msgs[0].1.contains("Message-ID: <retry@example.com>"));
+    assert!(
+        msgs[0].1.contains("\r\n..dot line\r\n"),
+        "dot-stuffed on the wire"
+    );
+    assert!(peer.transactions() >= 2);
+    assert!(queue_ids(&sender, None).is_empty());
+}
+
+#[test]
+fn rcpt_5xx_for_one_of_two_bounces_that_one() {
+    let peer = Peer::start(|_| Script::Normal);
+    let mut sender = sender(peer.port);
+    submit(
+        &sender,
+        &["bob@peer.test", "reject-me@peer.test"],
+        "split@example.com",
+        "",
+    );
+    wait_until("delivery", || !peer.messages().is_empty());
+    wait_queue_settled(&sender);
+    let failed = queue_ids(&sender, Some("failed"));
+    assert_eq!(failed.len(), 1, "the entry stays in the failed queue");
+    let show = sender.umail_ok(&["queue", "show", &failed[0]]);
+    assert!(
+        show.contains("rcpt reject-me@peer.test") && show.contains("550 5.1.1"),
+        "{show}"
+    );
+    assert!(show.contains("delivered: 250"), "{show}");
+    let msgs = peer.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].0, vec!["bob@peer.test"]);
+    // Deleting from the failed queue works.
+    sender.umail_ok(&["queue", "delete", &failed[0]]);
+    assert!(queue_ids(&sender, None).is_empty());
+
+    let inbox = inbox(&mut sender, "alice@example.com");
+    assert_eq!(inbox.len(), 1, "one DSN");
+    let dsn = &inbox[0];
+    let text = String::from_utf8_lossy(dsn);
+    assert!(text.starts_with("Return-Path: <>"), "{text}");
+    let status = delivery_status(dsn);
+    assert!(
+        status.contains("Reporting-MTA: dns; mail.test.example"),
+        "{status}"
+    );
+    let groups = recipient_fields(&status);
+    assert_eq!(groups.len(), 1, "only the failed recipient: {status}");
+    let g = &groups[0];
+    assert_eq!(field(g, "final-recipient"), "rfc822; reject-me@peer.test");
+    assert_eq!(field(g, "action"), "failed");
+    assert_eq!(field(g, "status"), "5.1.1");
+    assert_eq!(field(g, "remote-mta"), "dns; 127.0.0.1");
+    assert!(field(g, "diagnostic-code").contains("550 5.1.1 no such user here"));
+    // RET absent: headers only.
+    assert!(
+        text.contains("text/rfc822-headers") && text.contains("Message-ID: <split@example.com>")
+    );
+}
+
+#[test]
+fn data_5xx_bounces_every_recipient_with_full_message_on_ret_full() {
+    let peer = Peer::start(|_| Script::RejectData);
+    let mut sender = sender(peer.port);
+    submit(
+        &sender,
+        &["bob@peer.test", "carol@peer.test"],
+        "data5xx@example.com",
+        "s.ehlo(); s.esmtp_features['dsn'] = ''\nold = s.sendmail\ns.sendmail = lambda f, t, m: old(f, t, m, mail_options=['RET=FULL', 'ENVID=QQ42'], rcpt_options=['NOTIFY=FAILURE'])",
+    );
+    wait_queue_settled(&sender);
+    assert_eq!(queue_ids(&sender, Some("failed")).len(), 1);
+    let inbox = inbox(&mut sender, "alice@example.com");
+    assert_eq!(inbox.len(), 1, "one DSN for both recipients");
+    let status = delivery_status(&inbox[0]);
+    assert!(status.contains("Original-Envelope-Id: QQ42"), "{status}");
+    let groups = recipient_fields(&status);
+    assert_eq!(groups.len(), 2);
+    for (g, who) in groups.iter().zip(["bob@peer.test", "carol@peer.test"]) {
+        assert_eq!(field(g, "final-recipient"), format!("rfc822; {who}"));
+        assert_eq!(field(g, "action"), "failed");
+        assert_eq!(field(g, "status"), "5.6.0");
+    }
+    let text = String::from_utf8_lossy(&inbox[0]);
+    assert!(
+        text.contains("message/rfc822") && text.contains("Hello from umail."),
+        "RET=FULL returns the body"
+    );
+}
+
+#[test]
+fn dropped_connection_is_retried() {
+    let peer = Peer::start(|n| if n == 0 { Script::Drop } else { Script::Normal });
+    let sender = sender(peer.port);
+    submit(&sender, &["bob@peer.test"], "drop@example.com", "");
+    wait_until("delivery after the drop", || !peer.messages().is_empty());
+    wait_queue_settled(&sender);
+    assert_eq!(peer.messages().len(), 1);
+    assert!(queue_ids(&sender, None).is_empty());
+}
+
+#[test]
+fn queue_cli_hold_release_flush_and_null_sender_never_bounced() {
+    // The peer refuses every recipient temporarily: the entry stays deferred.
+    let peer = Peer::start(|n| {
+        if n < 2 {
+            Script::TempRcpt
+        } else {
+            Script::Normal
+        }
+    });
+    let mut sender = TestServer::start_with(&format!(
+        "[delivery]\nretry_intervals_secs = [3600]\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
+        peer.port
+    ));
+    setup(&sender, "example.com", &["alice"]);
+    submit(&sender, &["bob@peer.test"], "cli@example.com", "");
+    wait_until("a deferred entry", || {
+        queue_ids(&sender, Some("deferred")).len() == 1
+    });
+    let id = queue_ids(&sender, Some("deferred")).remove(0);
+    let show = sender.umail_ok(&["queue", "show", &id]);
+    assert!(show.contains("deferred: 451 4.3.0"), "{show}");
+    sender.umail_ok(&["queue", "hold", &id]);
+    assert_eq!(queue_ids(&sender, Some("held")), vec![id.clone()]);
+    // Held entries are not attempted, even when flushed.
+    let before = peer.transactions();
+    sender.umail_ok(&["queue", "flush"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(peer.transactions(), before);
+    sender.umail_ok(&["queue", "release", &id]);
+    wait_until("second attempt", || peer.transactions() > before);
+    wait_until("deferred again", || {
+        queue_ids(&sender, Some("deferred")).len() == 1
+    });
+    sender.umail_ok(&["queue", "flush", "--domain", "peer.test"]);
+    wait_until("delivery after flush", || !peer.messages().is_empty());
+    wait_queue_settled(&sender);
+    assert!(queue_ids(&sender, None).is_empty());
+    assert!(
+        sender
+            .umail(&["queue", "show", "00000000DEADBEEF"])
+            .status
+            .code()
+            != Some(0)
+    );
+    assert!(
+        sender
+            .umail(&["queue", "list", "--queue", "bogus"])
+            .status
+            .code()
+            != Some(0)
+    );
+    assert!(
+        inbox(&mut sender, "alice@example.com").is_empty(),
+        "no DSN for a delivered message"
+    );
+}
+
+#[test]
+fn sigkill_during_a_burst_loses_nothing() {
+    const N: usize = 30;
+    let peer = Peer::start(|_| Script::Slow);
+    let mut sender = sender(peer.port);
+    let script = r#"
+import os, smtplib, ssl
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=30)
+s.starttls(context=ctx)
+s.login("alice@example.com", os.environ["PASSWORD"])
+for i in range(int(os.environ["N"])):
+    s.sendmail("alice@example.com", ["bob@peer.test"],
+               ("From: alice@example.com\r\nSubject: burst\r\nMessage-ID: <burst-%d@example.com>\r\n\r\nx\r\n" % i).encode())
+s.quit()
+"#;
+    python(
+        script,
+        &[
+            ("PORT", sender.port("submission").to_string()),
+            ("PASSWORD", PASSWORD.to_string()),
+            ("N", N.to_string()),
+        ],
+    );
+    wait_until("the burst to start", || !peer.messages().is_empty());
+    let mut child = sender.child.take().expect("running");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let at_kill = peer.messages().len();
+    sender.spawn();
+    wait_until("every message delivered", || {
+        let ids: std::collections::HashSet<String> = peer
+            .messages()
+            .iter()
+            .filter_map(|(_, m)| {
+                m.lines()
+                    .find(|l| l.starts_with("Message-ID:"))
+                    .map(str::to_string)
+            })
+            .collect();
+        ids.len() == N
+    });
+    wait_queue_settled(&sender);
+    assert!(queue_ids(&sender, None).is_empty());
+    assert!(at_kill < N || peer.messages().len() >= N);
+}

@@ -76,6 +76,13 @@ pub fn sign(key: &DkimKey, message: &[u8]) -> Result<Vec<u8>, DkimError> {
     Ok(sig.to_header().into_bytes())
 }
 
+/// The domain of the first `From:` address, lower case: whose key signs.
+pub fn signing_domain(message: &[u8]) -> Option<String> {
+    let parsed = mail_parser::MessageParser::default().parse_headers(message)?;
+    let from = parsed.from()?.first()?.address()?.to_string();
+    from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,11 +102,4 @@ mod tests {
         assert!(h.starts_with("DKIM-Signature:"), "{h}");
         assert!(h.contains("d=example.com") && h.contains("s=umail") && h.ends_with("\r\n"));
     }
-}
-
-/// The domain of the first `From:` address, lower case: whose key signs.
-pub fn signing_domain(message: &[u8]) -> Option<String> {
-    let parsed = mail_parser::MessageParser::default().parse_headers(message)?;
-    let from = parsed.from()?.first()?.address()?.to_string();
-    from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
 }

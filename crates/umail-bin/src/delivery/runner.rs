@@ -32,6 +32,8 @@ pub const DELAY_DSN_AFTER_SECS: i64 = 4 * 3600;
 pub const FIRST_5XX_IS_FINAL: bool = true;
 /// The queue is polled this often.
 pub const POLL: Duration = Duration::from_millis(500);
+/// DKIM keys are re-read from the store at most this often.
+pub const DKIM_CACHE: Duration = Duration::from_secs(1);
 const DELAY_MARK: &str = "delay DSN sent";
 
 /// The shared state of the runner.
@@ -105,9 +107,6 @@ impl Runner {
                 conns.retain(|(_, t)| t.elapsed() < IDLE_KEEP);
             }
             pool.retain(|_, v| !v.is_empty());
-        }
-        if lock(&self.dkim).0.elapsed() > Duration::from_secs(10) {
-            self.reload_dkim().await;
         }
         let now = umail_core::unix_now();
         let due = match self.services.queue.due(now, 1000).await {
@@ -202,6 +201,9 @@ impl Runner {
                 Some((_, v)) => v.push(i),
                 None => groups.push((d, vec![i])),
             }
+        }
+        if lock(&self.dkim).0.elapsed() > DKIM_CACHE {
+            self.reload_dkim().await;
         }
         let mut signed: Option<Option<Vec<u8>>> = None;
         let mut delivered_remote: HashMap<usize, String> = HashMap::new();
