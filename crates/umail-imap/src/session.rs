@@ -12,8 +12,8 @@ use tokio::sync::broadcast::error::TryRecvError;
 use umail_core::config::ImapConfig;
 use umail_core::sasl::{AuthStep, Authenticator, Mechanism};
 use umail_core::{
-    ChangeFeed, ConnectionInfo, Flag, FlagOp, Flags, MailboxId, MailboxInfo, MessageMeta, ModSeq,
-    Principal, Protocol, Services, StoreError, Uid,
+    ChangeFeed, ConnectionInfo, Flag, FlagOp, Flags, MailboxChange, MailboxId, MailboxInfo,
+    MessageMeta, ModSeq, Principal, Protocol, Services, StoreError, Uid,
 };
 
 use crate::codec::{
@@ -101,9 +101,16 @@ struct Selected {
 
 /// The view of a session in IDLE: UIDs in sequence order and the highest
 /// MODSEQ the session knows; a message with a higher MODSEQ has changed.
+/// Changes are applied from the change feed's events without reading the
+/// mailbox (ten thousand idle sessions on one INBOX must not each read it
+/// when a message arrives); only a lagging feed forces a re-read.
 struct IdleView {
     uids: Vec<Uid>,
     modseq: ModSeq,
+    /// Events received by [`Session::changed`], not yet applied.
+    events: Vec<MailboxChange>,
+    /// The feed lagged or the mailbox went away: re-read it.
+    reread: bool,
 }
 
 impl Selected {
@@ -684,7 +691,12 @@ impl Session {
                     let modseq = sel.msgs.iter().map(|m| m.modseq).max().unwrap_or(0);
                     let uids = sel.msgs.iter().map(|m| m.uid).collect();
                     sel.msgs = Vec::new();
-                    sel.idle_view = Some(IdleView { uids, modseq });
+                    sel.idle_view = Some(IdleView {
+                        uids,
+                        modseq,
+                        events: Vec::new(),
+                        reread: false,
+                    });
                 }
                 self.out.continuation("idling");
                 self.pending = Pending::Idle { tag: tag.into() };
@@ -978,9 +990,18 @@ impl Session {
     pub async fn changed(&mut self) {
         match self.selected.as_mut() {
             Some(sel) => {
-                match sel.feed.recv().await {
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        sel.dirty = true
+                let received = sel.feed.recv().await;
+                sel.dirty = true;
+                match received {
+                    Ok(change) => {
+                        if let Some(view) = sel.idle_view.as_mut() {
+                            view.events.push(change);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(view) = sel.idle_view.as_mut() {
+                            view.reread = true;
+                        }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                         sel.dirty = true;
@@ -1087,15 +1108,84 @@ impl Session {
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
-        while let Ok(_) | Err(TryRecvError::Lagged(_)) = sel.feed.try_recv() {
-            sel.dirty = true;
-        }
-        if !sel.dirty && !finish {
-            return;
-        }
         let Some(mut view) = sel.idle_view.take() else {
             return;
         };
+        loop {
+            match sel.feed.try_recv() {
+                Ok(change) => view.events.push(change),
+                Err(TryRecvError::Lagged(_)) => view.reread = true,
+                Err(_) => break,
+            }
+        }
+        if view.events.iter().any(|c| matches!(c, MailboxChange::Gone)) {
+            view.reread = true;
+        }
+        if !finish && !view.reread {
+            // Apply the events in commit order (RFC 2177: report at once).
+            sel.dirty = false;
+            let mut exists = false;
+            for change in std::mem::take(&mut view.events) {
+                match change {
+                    MailboxChange::Added { uid, modseq } => {
+                        if uid > view.uids.last().copied().unwrap_or(0) {
+                            view.uids.push(uid);
+                            exists = true;
+                        }
+                        view.modseq = view.modseq.max(modseq);
+                    }
+                    MailboxChange::Flags { uid, flags, modseq } => {
+                        // Not yet in the snapshot the view was made from.
+                        if modseq > view.modseq
+                            && let Ok(i) = view.uids.binary_search(&uid)
+                        {
+                            if std::mem::take(&mut exists) {
+                                self.out.untagged(&format!("{} EXISTS", view.uids.len()));
+                            }
+                            let mut line =
+                                format!("{} FETCH (FLAGS {} UID {uid}", i + 1, flag_list(&flags));
+                            if condstore {
+                                line.push_str(&format!(" MODSEQ ({modseq})"));
+                            }
+                            line.push(')');
+                            self.out.untagged(&line);
+                        }
+                        view.modseq = view.modseq.max(modseq);
+                    }
+                    MailboxChange::Expunged { uids, .. } => {
+                        if std::mem::take(&mut exists) {
+                            self.out.untagged(&format!("{} EXISTS", view.uids.len()));
+                        }
+                        let mut idx: Vec<usize> = uids
+                            .iter()
+                            .filter_map(|u| view.uids.binary_search(u).ok())
+                            .collect();
+                        idx.sort_unstable();
+                        idx.dedup();
+                        if qresync && !idx.is_empty() {
+                            let gone: Vec<Uid> = idx.iter().map(|i| view.uids[*i]).collect();
+                            self.out
+                                .untagged(&format!("VANISHED {}", set_string(&gone)));
+                        }
+                        for &i in idx.iter().rev() {
+                            view.uids.remove(i);
+                            if !qresync {
+                                self.out.untagged(&format!("{} EXPUNGE", i + 1));
+                            }
+                        }
+                    }
+                    MailboxChange::Gone => {}
+                }
+            }
+            if exists {
+                self.out.untagged(&format!("{} EXISTS", view.uids.len()));
+            }
+            sel.idle_view = Some(view);
+            return;
+        }
+        // A re-read (and, at DONE, the full view) from one snapshot.
+        view.events.clear();
+        view.reread = false;
         let current = match self.services.store.messages(&account, sel.id).await {
             Ok(c) => c,
             Err(e) => {
@@ -1116,6 +1206,7 @@ impl Session {
                         .collect();
                     sel.dirty = true;
                 } else {
+                    view.reread = true;
                     sel.idle_view = Some(view);
                 }
                 return;
