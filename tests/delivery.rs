@@ -596,3 +596,196 @@ s.quit()
     assert!(queue_ids(&sender, None).is_empty());
     assert!(at_kill < N || peer.messages().len() >= N);
 }
+
+/// A throwaway Postfix instance on a loopback port that accepts mail for
+/// `postfix.test` and puts it on hold (so its queue shows what it accepted).
+struct Postfix {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Postfix {
+    fn start() -> Postfix {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(d.join("queue")).unwrap();
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        let chown = std::process::Command::new("chown")
+            .arg("postfix")
+            .arg(d.join("data"))
+            .status()
+            .expect("chown");
+        assert!(
+            chown.success(),
+            "the postfix user must exist (apt-get install postfix)"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = d.display();
+        std::fs::write(
+            dir.path().join("main.cf"),
+            format!(
+                "compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+meta_directory = /etc/postfix
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+myhostname = postfix.test
+mydomain = postfix.test
+myorigin = postfix.test
+mydestination = postfix.test
+local_recipient_maps =
+mynetworks = 127.0.0.0/8
+smtpd_end_of_data_restrictions = check_client_access static:HOLD
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
+biff = no
+alias_maps =
+alias_database =
+"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("master.cf"),
+            format!(
+                "127.0.0.1:{port} inet n - n - - smtpd
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+local unix - n n - - local
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+"
+            ),
+        )
+        .unwrap();
+        let pf = Postfix { dir, port };
+        let out = pf.postfix(&["start"]);
+        assert!(
+            out.status.success(),
+            "postfix start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until("postfix to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        pf
+    }
+
+    fn postfix(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("postfix")
+            .arg("-c")
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .expect("postfix must be installed (apt-get install postfix)")
+    }
+
+    fn queue(&self) -> String {
+        let out = std::process::Command::new("postqueue")
+            .arg("-c")
+            .arg(self.dir.path())
+            .arg("-p")
+            .output()
+            .expect("postqueue");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = self.postfix(&["stop"]);
+    }
+}
+
+#[test]
+fn postfix_accepts_mail_from_umail() {
+    let postfix = Postfix::start();
+    let sender = TestServer::start_with(&route("postfix.test", postfix.port));
+    setup(&sender, "example.com", &["alice"]);
+    submit(
+        &sender,
+        &["bob@postfix.test", "carol@postfix.test"],
+        "to-postfix@example.com",
+        "",
+    );
+    wait_until("postfix to log the message", || {
+        postfix
+            .log()
+            .contains("message-id=<to-postfix@example.com>")
+    });
+    wait_queue_settled(&sender);
+    assert!(
+        queue_ids(&sender, None).is_empty(),
+        "Postfix's 250 removes the entry"
+    );
+    let log = postfix.log();
+    assert!(log.contains("message-id=<to-postfix@example.com>"), "{log}");
+    assert!(
+        log.contains("Client host triggers HOLD action; from=<alice@example.com>"),
+        "{log}"
+    );
+    let queue = postfix.queue();
+    assert!(
+        queue.contains("alice@example.com")
+            && queue.contains("bob@postfix.test")
+            && queue.contains("carol@postfix.test"),
+        "{queue}"
+    );
+    assert!(queue.contains("1 Request"), "exactly one copy: {queue}");
+}
+
+#[test]
+fn relay_mode_uses_the_smart_host_with_starttls_and_auth() {
+    // The smart host lets its relay account send for other domains.
+    let relay = TestServer::start_with("[smtp]\nsender_must_match_auth = false\n");
+    setup(&relay, "partner.example", &["bob", "relayuser"]);
+    let mut sender = TestServer::start_with(&format!(
+        "[delivery]\nmode = \"relay\"\nretry_intervals_secs = [1]\nrelay = \"smtp://relayuser%40partner.example:{PASSWORD}@127.0.0.1:{}\"\n",
+        relay.port("submission")
+    ));
+    setup(&sender, "example.com", &["alice"]);
+    submit(&sender, &["bob@partner.example"], "relayed@example.com", "");
+    wait_queue_settled(&sender);
+    assert!(queue_ids(&sender, None).is_empty());
+    let mut relay = relay;
+    let inbox = inbox(&mut relay, "bob@partner.example");
+    assert_eq!(inbox.len(), 1);
+    let text = String::from_utf8_lossy(&inbox[0]);
+    assert!(text.contains("Message-ID: <relayed@example.com>"), "{text}");
+    assert!(
+        text.contains("with ESMTPSA")
+            && text.contains("authenticated as relayuser@partner.example"),
+        "{text}"
+    );
+    assert!(sender.terminate().success());
+}
