@@ -429,6 +429,23 @@ impl fmt::Display for ReversePath {
     }
 }
 
+/// Fuzzing entry point: parsing never panics, and an address that parses
+/// prints back to text that parses to the same address.
+#[doc(hidden)]
+pub fn fuzz_address(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = Domain::parse(text);
+    if let Ok(a) = Address::parse(text) {
+        let printed = a.to_string();
+        let again = Address::parse(&printed)
+            .unwrap_or_else(|e| panic!("{printed:?} (from {text:?}) does not parse: {e}"));
+        assert_eq!(a, again, "round trip of {text:?}");
+        let _ = a.to_unicode();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,22 +574,5 @@ mod tests {
         fn parse_never_panics(s in "\\PC{0,80}") {
             let _ = Address::parse(&s);
         }
-    }
-}
-
-/// Fuzzing entry point: parsing never panics, and an address that parses
-/// prints back to text that parses to the same address.
-#[doc(hidden)]
-pub fn fuzz_address(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = Domain::parse(text);
-    if let Ok(a) = Address::parse(text) {
-        let printed = a.to_string();
-        let again = Address::parse(&printed)
-            .unwrap_or_else(|e| panic!("{printed:?} (from {text:?}) does not parse: {e}"));
-        assert_eq!(a, again, "round trip of {text:?}");
-        let _ = a.to_unicode();
     }
 }

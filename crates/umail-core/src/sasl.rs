@@ -743,6 +743,37 @@ impl Authenticator {
     }
 }
 
+/// Fuzzing entry point: the first byte picks a mechanism, the rest is split
+/// at `\n` into client messages. No input may panic the state machine.
+#[doc(hidden)]
+pub fn fuzz_exchange(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let mechanism = [
+        Mechanism::Plain,
+        Mechanism::Login,
+        Mechanism::ScramSha256,
+        Mechanism::CramMd5,
+    ][usize::from(selector) % 4];
+    let mut server = SaslServer::new(mechanism, "fuzz.example");
+    let creds = ScramCredentials::derive("pw", b"fixed-salt", 4096);
+    let mut messages = rest.split(|b| *b == b'\n');
+    let mut step = server.handle_client(messages.next());
+    for _ in 0..8 {
+        step = match step {
+            Step::Challenge(_) => match messages.next() {
+                Some(m) => server.handle_client(Some(m)),
+                None => return,
+            },
+            Step::VerifyPassword { password, .. } => server.password_checked(password == "pw"),
+            Step::NeedScramCredentials { .. } => server.provide_scram(Some(creds.clone())),
+            Step::NeedLegacySecret { .. } => server.provide_secret(Some("secret")),
+            Step::Success { .. } | Step::Failure(_) => return,
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -975,36 +1006,5 @@ mod tests {
             s.provide_secret(None),
             Step::Failure(SaslError::InvalidCredentials)
         );
-    }
-}
-
-/// Fuzzing entry point: the first byte picks a mechanism, the rest is split
-/// at `\n` into client messages. No input may panic the state machine.
-#[doc(hidden)]
-pub fn fuzz_exchange(data: &[u8]) {
-    let Some((&selector, rest)) = data.split_first() else {
-        return;
-    };
-    let mechanism = [
-        Mechanism::Plain,
-        Mechanism::Login,
-        Mechanism::ScramSha256,
-        Mechanism::CramMd5,
-    ][usize::from(selector) % 4];
-    let mut server = SaslServer::new(mechanism, "fuzz.example");
-    let creds = ScramCredentials::derive("pw", b"fixed-salt", 4096);
-    let mut messages = rest.split(|b| *b == b'\n');
-    let mut step = server.handle_client(messages.next());
-    for _ in 0..8 {
-        step = match step {
-            Step::Challenge(_) => match messages.next() {
-                Some(m) => server.handle_client(Some(m)),
-                None => return,
-            },
-            Step::VerifyPassword { password, .. } => server.password_checked(password == "pw"),
-            Step::NeedScramCredentials { .. } => server.provide_scram(Some(creds.clone())),
-            Step::NeedLegacySecret { .. } => server.provide_secret(Some("secret")),
-            Step::Success { .. } | Step::Failure(_) => return,
-        };
     }
 }
