@@ -789,3 +789,26 @@ fn relay_mode_uses_the_smart_host_with_starttls_and_auth() {
     );
     assert!(sender.terminate().success());
 }
+
+#[test]
+fn expired_message_bounces_with_5_4_7() {
+    let peer = Peer::start(|_| Script::TempRcpt);
+    let mut sender = TestServer::start_with(&format!(
+        "[delivery]\nretry_intervals_secs = [1]\nmax_queue_age_secs = 2\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
+        peer.port
+    ));
+    setup(&sender, "example.com", &["alice"]);
+    submit(&sender, &["bob@peer.test"], "expire@example.com", "");
+    wait_until("the entry to expire", || {
+        queue_ids(&sender, Some("failed")).len() == 1
+    });
+    wait_queue_settled(&sender);
+    assert!(peer.messages().is_empty());
+    let inbox = inbox(&mut sender, "alice@example.com");
+    assert_eq!(inbox.len(), 1);
+    let status = delivery_status(&inbox[0]);
+    let groups = recipient_fields(&status);
+    assert_eq!(field(&groups[0], "status"), "5.4.7");
+    assert_eq!(field(&groups[0], "action"), "failed");
+    assert!(field(&groups[0], "diagnostic-code").contains("451 4.3.0 try again later"));
+}

@@ -13,6 +13,14 @@
 //!   recipient resolution, quotas, filters, SASL, delivery.
 //! * [`server`]: the tokio driver, [`SmtpServer`].
 //!
+//! Outbound:
+//!
+//! * [`client`]: the SMTP client (sans-IO reply parser and protocol
+//!   helpers, tokio driver [`client::SmtpConnection`]).
+//! * [`routing`]: static routes, smart host and MX resolution.
+//! * [`dsn`]: RFC 3464 delivery status notifications.
+//! * [`dkim`]: DKIM key generation and signing.
+//!
 //! See the crate README for RFC coverage, configuration keys and the
 //! per-recipient failure policy.
 #![forbid(unsafe_code)]

@@ -275,8 +275,9 @@ impl Runner {
                         RecipientStatus::Deferred { reply } => reply.clone(),
                         _ => String::new(),
                     };
+                    // RFC 3463: X.4.7 delivery time expired.
                     *s = RecipientStatus::Failed {
-                        reply: format!("4.4.7 message expired in queue; last error: {last}"),
+                        reply: format!("550 5.4.7 delivery time expired; last error: {last}"),
                     };
                 }
             }
