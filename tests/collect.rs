@@ -305,13 +305,13 @@ fn import_through_running_server_and_batch_offline() {
         ),
     )
     .unwrap();
+    // The old server's self-signed certificate accepted without a CA file.
     let out = new.umail(&[
         "import",
         "pop3",
         "--batch",
         batch.to_str().unwrap(),
-        "--ca-file",
-        &ca,
+        "--no-tls-verify",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -328,6 +328,28 @@ fn import_through_running_server_and_batch_offline() {
         sorted(&["e1", "e2"])
     );
     assert!(subjects(&old, "erin@old.example", REMOTE_PASSWORD).is_empty());
+
+    // An untrusted certificate is refused (verification is on by default).
+    let out = umail_cmd(
+        &new.config_path(),
+        &[
+            "import",
+            "pop3",
+            "--from",
+            &from,
+            "--user",
+            "carol@old.example",
+            "--password",
+            REMOTE_PASSWORD,
+            "--to",
+            "bob@example.com",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("certificate"), "{err}");
+    assert!(!err.contains(REMOTE_PASSWORD), "{err}");
 
     // A missing local user is a clear error.
     let out = umail_cmd(
@@ -372,7 +394,8 @@ m = [
 deliver(int(os.environ['SMTP']), "catchall@old.example", m)
 "#;
     py(messages, &[("SMTP", old.port("smtp").to_string())]);
-    let port = old.port("pop3s").to_string();
+    // STLS on the plain POP3 port this time.
+    let port = old.port("pop3").to_string();
     new.umail_ok(&[
         "fetch",
         "domain",
@@ -382,6 +405,8 @@ deliver(int(os.environ['SMTP']), "catchall@old.example", m)
         "localhost",
         "--port",
         &port,
+        "--tls",
+        "starttls",
         "--ca-file",
         &cert(&old),
         "--user",
@@ -395,6 +420,7 @@ deliver(int(os.environ['SMTP']), "catchall@old.example", m)
     ]);
     let show = new.umail_ok(&["fetch", "domain", "show", "example.com"]);
     assert!(show.contains("dave@example.com"), "{show}");
+    assert!(show.contains("starttls"), "{show}");
     assert!(!show.contains(REMOTE_PASSWORD), "{show}");
 
     let run = new.umail_ok(&["fetch", "run", "--domain", "example.com"]);

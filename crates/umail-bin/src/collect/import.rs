@@ -184,7 +184,7 @@ pub async fn execute_import(
         &spec.server,
         spec.leave_on_server,
         0,
-        umail_store::MAX_MESSAGE_SIZE as u64,
+        umail_store::MAX_MESSAGE_SIZE,
         0,
     )?;
     let prefix = import_seen_prefix(&account);

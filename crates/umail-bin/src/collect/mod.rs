@@ -11,6 +11,25 @@
 //! * `umail import pop3` copies remote mailboxes once; with the server
 //!   running it is executed by the server over the admin socket.
 //! * Settings and seen UIDLs live in the store (`umail_store::collection`).
+//!
+//! ```text
+//! umail fetch add ACCOUNT --host H [--port P] [--tls implicit|starttls|none]
+//!       --user U --password P|- [--ca-file PEM] [--tls-verify BOOL] [--apop BOOL]
+//!       [--folder F] [--leave-on-server BOOL] [--delete-after-days N]
+//!       [--max-size 50M] [--interval SECS] [--enabled BOOL]
+//! umail fetch list [ACCOUNT] | show ACCOUNT ID | set ACCOUNT ID [options] | remove ACCOUNT ID
+//! umail fetch run [ACCOUNT [ID]] | run --domain DOMAIN
+//! umail fetch domain set DOMAIN [options] [--header NAME]... [--fallback ADDR]
+//!       [--no-dedupe] [--max-message-ids N]
+//! umail fetch domain show|remove DOMAIN | domain list
+//! umail fetch limits [--domain D] [--max-accounts N] [--max-messages N]
+//! umail import pop3 --from HOST:PORT --user U --password P|- --to LOCAL
+//!       [--tls implicit|starttls|none] [--leave-on-server] [--ca-file PEM]
+//!       [--no-tls-verify] [--folder F]
+//! umail import pop3 --batch FILE [same TLS/leave options]
+//! umail bench pop3 [--target ADDR --user U --password P] [--clients N]
+//!       [--messages M] [--size S]
+//! ```
 
 mod bench;
 mod import;
@@ -101,6 +120,8 @@ pub enum FetchCmd {
 
 /// `umail fetch domain ...`
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the `Set` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum DomainPopCmd {
     /// Create or change the DomainPOP account of a domain.
     Set {

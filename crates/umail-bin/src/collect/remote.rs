@@ -158,6 +158,9 @@ pub fn remote_account(
     })
 }
 
+/// A callback run after each id is recorded.
+pub type MarkHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// A durable [`CollectionState`] over the store's seen sets: `source`
 /// becomes the set `<prefix><source>`. Message-ID sets (`...#message-id`)
 /// are bounded to `max_message_ids`.
@@ -166,7 +169,7 @@ pub struct StoreState {
     prefix: String,
     max_message_ids: u64,
     /// Called after each recorded id (progress display).
-    pub on_mark: Option<Box<dyn Fn(&str) + Send + Sync>>,
+    pub on_mark: Option<MarkHook>,
 }
 
 impl StoreState {
