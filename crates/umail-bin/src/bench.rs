@@ -5,6 +5,8 @@
 //! server's first administrator; it reports accepted messages per second,
 //! latency percentiles of the final reply to DATA, and the server's peak RSS.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,69 +36,107 @@ pub struct SmtpBenchArgs {
     size: u64,
 }
 
-struct Child {
+/// A `umail serve` child on a temporary directory, killed on drop: the
+/// real binary and the durable store, for every `umail bench` command.
+pub struct BenchServer {
     process: std::process::Child,
+    listeners: HashMap<String, String>,
+    admin: Option<String>,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Child {
+impl Drop for BenchServer {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
 }
 
-/// Starts `umail serve` with only an MX listener; returns the child, its
-/// address and the administrator address to deliver to.
-fn start_server(max_sessions_per_ip: usize) -> Result<(Child, String, String)> {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().context("temporary directory")?;
-    let config = dir.path().join("umail.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nhostname = \"bench.localhost\"\ndata_dir = \"{}\"\nmax_sessions_per_ip = {}\n\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n\n[log]\nlevel = \"warn\"\n",
-            dir.path().join("data").display(),
-            max_sessions_per_ip
-        ),
-    )?;
-    let exe = std::env::current_exe().context("locating the umail binary")?;
-    let mut process = std::process::Command::new(exe)
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting umail serve")?;
-    let stdout = process.stdout.take().context("child stdout")?;
-    let mut addr = None;
-    let mut admin = None;
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(rest) = line.strip_prefix("umail: listening smtp ") {
-            addr = Some(rest.trim().to_string());
-        }
-        if let Some(rest) = line.strip_prefix("umail: system administrator ") {
-            admin = rest.split_whitespace().next().map(str::to_string);
-        }
-        if line.starts_with("umail: ready") {
-            break;
-        }
+impl BenchServer {
+    /// The data directory a benchmark may fill before [`BenchServer::start`].
+    pub fn data_dir(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("data")
     }
-    let child = Child { process, _dir: dir };
-    match (addr, admin) {
-        (Some(a), Some(r)) => Ok((child, a, r)),
-        _ => bail!("the benchmark server did not start"),
+
+    /// Starts `umail serve` on `dir` with `[server] hostname` and `data_dir`
+    /// set and `config` (more TOML, e.g. `[listeners]`) appended; waits
+    /// until it is ready.
+    pub fn start(dir: tempfile::TempDir, config: &str) -> Result<BenchServer> {
+        use std::io::BufRead;
+        let path = dir.path().join("umail.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nhostname = \"bench.localhost\"\ndata_dir = \"{}\"\n{config}\n",
+                Self::data_dir(&dir).display()
+            ),
+        )?;
+        let exe = std::env::current_exe().context("locating the umail binary")?;
+        let mut process = std::process::Command::new(exe)
+            .arg("--config")
+            .arg(&path)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting umail serve")?;
+        let stdout = process.stdout.take().context("child stdout")?;
+        let mut listeners = HashMap::new();
+        let mut admin = None;
+        let mut ready = false;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some((name, addr)) = line
+                .strip_prefix("umail: listening ")
+                .and_then(|rest| rest.split_once(' '))
+            {
+                listeners.insert(name.to_string(), addr.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("umail: system administrator ") {
+                admin = rest.split_whitespace().next().map(str::to_string);
+            }
+            if line.starts_with("umail: ready") {
+                ready = true;
+                break;
+            }
+        }
+        let server = BenchServer {
+            process,
+            listeners,
+            admin,
+            _dir: dir,
+        };
+        if !ready {
+            bail!("the benchmark server did not start");
+        }
+        Ok(server)
+    }
+
+    /// The bound address of a listener.
+    pub fn listener(&self, name: &str) -> Result<String> {
+        self.listeners
+            .get(name)
+            .cloned()
+            .with_context(|| format!("the benchmark server has no {name} listener"))
+    }
+
+    /// The first administrator created at start, if this start created one.
+    pub fn admin(&self) -> Option<&str> {
+        self.admin.as_deref()
+    }
+
+    /// The server's peak resident set size so far, in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.process.id(), "VmHWM:")
     }
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
@@ -194,8 +234,23 @@ pub async fn smtp(args: SmtpBenchArgs) -> Result<()> {
                 .context("--rcpt is required with --target")?,
         ),
         None => {
-            let (c, a, r) = start_server(args.connections + 10)?;
-            (Some(c), a, args.rcpt.clone().unwrap_or(r))
+            let dir = tempfile::tempdir().context("temporary directory")?;
+            let server = BenchServer::start(
+                dir,
+                &format!(
+                    "max_sessions_per_ip = {}\n\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n\n[log]\nlevel = \"warn\"",
+                    args.connections + 10
+                ),
+            )?;
+            let addr = server.listener("smtp")?;
+            let rcpt = match &args.rcpt {
+                Some(r) => r.clone(),
+                None => server
+                    .admin()
+                    .context("no administrator to deliver to")?
+                    .to_string(),
+            };
+            (Some(server), addr, rcpt)
         }
     };
     println!(
@@ -232,9 +287,7 @@ pub async fn smtp(args: SmtpBenchArgs) -> Result<()> {
         percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
     );
-    if let Some(c) = &child
-        && let Some(kib) = peak_rss_kib(c.process.id())
-    {
+    if let Some(kib) = child.as_ref().and_then(BenchServer::peak_rss_kib) {
         println!("server peak RSS: {:.1} MiB", kib as f64 / 1024.0);
     }
     Ok(())

@@ -7,7 +7,6 @@
 //! `umail serve` on it as a child (the real binary and durable store), loads
 //! it, and reports the server's peak RSS.
 
-use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +15,8 @@ use clap::Args;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use umail_core::MailStore;
+
+use crate::bench::BenchServer;
 
 /// `umail bench pop3` options.
 #[derive(Debug, Args)]
@@ -44,18 +45,6 @@ pub struct Pop3BenchArgs {
 const BENCH_USER: &str = "bench@bench.localhost";
 const BENCH_PASSWORD: &str = "bench-password-123";
 
-struct Child {
-    process: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
 fn message(i: usize, size: usize) -> Vec<u8> {
     let mut body = format!(
         "From: sender@bench.example\r\nTo: {BENCH_USER}\r\nSubject: bench {i}\r\nMessage-ID: <{i}.{}@bench.example>\r\n\r\n",
@@ -71,10 +60,13 @@ fn message(i: usize, size: usize) -> Vec<u8> {
 
 /// Creates the database with one user and its mailbox, then starts the
 /// server on it.
-async fn start_server(messages: usize, size: usize, clients: usize) -> Result<(Child, String)> {
-    use std::io::BufRead;
+async fn start_server(
+    messages: usize,
+    size: usize,
+    clients: usize,
+) -> Result<(BenchServer, String)> {
     let dir = tempfile::tempdir().context("temporary directory")?;
-    let data = dir.path().join("data");
+    let data = BenchServer::data_dir(&dir);
     {
         let store = crate::open_store(&data)?;
         let domain: umail_core::Domain = "bench.localhost".parse()?;
@@ -118,50 +110,15 @@ async fn start_server(messages: usize, size: usize, clients: usize) -> Result<(C
             start.elapsed().as_secs_f64()
         );
     }
-    let config = dir.path().join("umail.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nhostname = \"bench.localhost\"\ndata_dir = \"{}\"\nmax_sessions_per_ip = {}\n\n[listeners]\npop3 = [\"127.0.0.1:0\"]\n\n[pop3]\nplaintext_auth_without_tls = true\nmax_sessions_per_user = 0\n\n[log]\nlevel = \"warn\"\n",
-            data.display(),
+    let server = BenchServer::start(
+        dir,
+        &format!(
+            "max_sessions_per_ip = {}\n\n[listeners]\npop3 = [\"127.0.0.1:0\"]\n\n[pop3]\nplaintext_auth_without_tls = true\nmax_sessions_per_user = 0\n\n[log]\nlevel = \"warn\"",
             clients + 10
         ),
     )?;
-    let exe = std::env::current_exe().context("locating the umail binary")?;
-    let mut process = std::process::Command::new(exe)
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting umail serve")?;
-    let stdout = process.stdout.take().context("child stdout")?;
-    let mut addr = None;
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(rest) = line.strip_prefix("umail: listening pop3 ") {
-            addr = Some(rest.trim().to_string());
-        }
-        if line.starts_with("umail: ready") {
-            break;
-        }
-    }
-    let child = Child { process, _dir: dir };
-    match addr {
-        Some(a) => Ok((child, a)),
-        None => bail!("the benchmark server did not start"),
-    }
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    let addr = server.listener("pop3")?;
+    Ok((server, addr))
 }
 
 struct Conn {
@@ -299,7 +256,7 @@ pub async fn run(args: Pop3BenchArgs) -> Result<()> {
         bytes as f64 / 1e6 / secs
     );
     if let Some(c) = &child
-        && let Some(kib) = peak_rss_kib(c.process.id())
+        && let Some(kib) = c.peak_rss_kib()
     {
         println!("server peak RSS: {:.1} MiB", kib as f64 / 1024.0);
     }
