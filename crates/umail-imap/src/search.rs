@@ -57,6 +57,30 @@ pub fn needs_content(key: &SearchKey) -> bool {
     }
 }
 
+/// True when evaluating `key` needs the message body, not only its header
+/// (`BODY`, `TEXT`).
+pub fn needs_body(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::Body(_) | SearchKey::Text(_) => true,
+        SearchKey::Not(k) => needs_body(k),
+        SearchKey::Or(a, b) => needs_body(a) || needs_body(b),
+        SearchKey::And(keys) => keys.iter().any(needs_body),
+        _ => false,
+    }
+}
+
+/// The header block of a message (up to and including the blank line),
+/// or all of it when it has no body.
+pub fn header_block(raw: &[u8]) -> &[u8] {
+    let crlf = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = raw.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => &raw[..a.min(b)],
+        (Some(a), None) | (None, Some(a)) => &raw[..a],
+        (None, None) => raw,
+    }
+}
+
 /// True when `key` uses MODSEQ (the SEARCH response then carries it).
 pub fn uses_modseq(key: &SearchKey) -> bool {
     match key {
@@ -361,6 +385,21 @@ mod tests {
             &ctx,
             &mut content
         ));
+    }
+
+    #[test]
+    fn header_block_stops_at_the_blank_line() {
+        assert_eq!(
+            header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\n"),
+            b"A: 1\r\nB: 2\r\n\r\n"
+        );
+        assert_eq!(header_block(b"A: 1\n\nbody"), b"A: 1\n\n");
+        assert_eq!(header_block(b"A: 1\r\n"), b"A: 1\r\n");
+        let k = SearchKey::And(vec![SearchKey::Subject(b"x".to_vec()), SearchKey::Seen]);
+        assert!(!needs_body(&k));
+        assert!(needs_body(&SearchKey::Not(Box::new(SearchKey::Text(
+            b"x".to_vec()
+        )))));
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl ImapServer {
                     framer.push(&buf[..n]);
                 }
                 _ = session.changed(), if idling => {
-                    session.idle_update().await;
+                    Box::pin(session.idle_update()).await;
                 }
                 _ = tokio::time::sleep(timeout) => {
                     session.timeout();
@@ -186,21 +186,23 @@ impl ImapServer {
         }
     }
 
-    /// Runs the session on one buffered unit of input, if any.
+    /// Runs the session on one buffered unit of input, if any. The command
+    /// futures are boxed: their state exists only while a command runs,
+    /// instead of enlarging every connection's task (idle ones included).
     async fn process_buffered(&self, framer: &mut Framer, session: &mut Session) -> Option<Action> {
         match session.input_mode() {
             InputMode::Command => {
                 let ev = framer.next_event()?;
-                Some(session.handle_frame(ev).await)
+                Some(Box::pin(session.handle_frame(ev)).await)
             }
-            InputMode::AuthLine => match framer.next_line()? {
-                Ok(line) => Some(session.handle_auth_line(&line).await),
-                Err(()) => Some(session.handle_auth_line(b"*").await),
-            },
-            InputMode::IdleLine => match framer.next_line()? {
-                Ok(line) => Some(session.handle_idle_line(&line).await),
-                Err(()) => Some(session.handle_idle_line(b"").await),
-            },
+            InputMode::AuthLine => {
+                let line = framer.next_line()?.unwrap_or_else(|()| b"*".to_vec());
+                Some(Box::pin(session.handle_auth_line(&line)).await)
+            }
+            InputMode::IdleLine => {
+                let line = framer.next_line()?.unwrap_or_default();
+                Some(Box::pin(session.handle_idle_line(&line)).await)
+            }
         }
     }
 }

@@ -1129,6 +1129,9 @@ impl Session {
                 match change {
                     MailboxChange::Added { uid, modseq } => {
                         if uid > view.uids.last().copied().unwrap_or(0) {
+                            // Exact growth: doubling ten thousand idle views
+                            // on every new message would cost megabytes.
+                            view.uids.reserve_exact(1);
                             view.uids.push(uid);
                             exists = true;
                         }
@@ -2065,9 +2068,32 @@ impl Session {
             max_uid: sel.max_uid(),
             saved: &self.saved_search,
         };
+        let needs_body = search::needs_body(&criteria);
+        // Keys of the top-level AND that need no content are checked first,
+        // so that `UID 900:* SUBJECT x` loads only the messages it can match.
+        let cheap: Vec<&SearchKey> = match &criteria {
+            SearchKey::And(keys) if needs_content => {
+                keys.iter().filter(|k| !search::needs_content(k)).collect()
+            }
+            _ => Vec::new(),
+        };
         let mut hits: Vec<(u32, Uid, ModSeq)> = Vec::new();
         for (i, m) in sel.msgs.iter().enumerate() {
             if m.expunged {
+                continue;
+            }
+            let cand = search::Candidate {
+                seq: i as u32 + 1,
+                uid: m.uid,
+                flags: &m.flags,
+                modseq: m.modseq,
+                internal_date: m.internal_date,
+                size: m.size,
+            };
+            if !cheap
+                .iter()
+                .all(|k| search::matches(k, &cand, &ctx, &mut search::Content::new(None)))
+            {
                 continue;
             }
             let raw = if needs_content {
@@ -2080,15 +2106,15 @@ impl Session {
             } else {
                 None
             };
-            let mut content = search::Content::new(raw.as_deref());
-            let cand = search::Candidate {
-                seq: i as u32 + 1,
-                uid: m.uid,
-                flags: &m.flags,
-                modseq: m.modseq,
-                internal_date: m.internal_date,
-                size: m.size,
-            };
+            // Header keys alone: parse only the header block.
+            let text = raw.as_deref().map(|r| {
+                if needs_body {
+                    r
+                } else {
+                    search::header_block(r)
+                }
+            });
+            let mut content = search::Content::new(text);
             if search::matches(&criteria, &cand, &ctx, &mut content) {
                 hits.push((i as u32 + 1, m.uid, m.modseq));
             }
