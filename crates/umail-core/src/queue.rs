@@ -125,4 +125,11 @@ pub trait QueueStore: Send + Sync {
 
     /// All entries, optionally only those in one state.
     async fn list(&self, state: Option<QueueState>) -> Result<Vec<QueueEntry>, QueueError>;
+
+    /// Waits until an entry may have become due (a new entry, a flush, a
+    /// release), at most `max`. Queue runners call it between passes so new
+    /// mail leaves at once. The default cannot tell and simply sleeps `max`.
+    async fn wait_for_work(&self, max: std::time::Duration) {
+        tokio::time::sleep(max).await;
+    }
 }

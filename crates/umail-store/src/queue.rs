@@ -13,6 +13,15 @@ use crate::writer::{Ctx, Fail};
 /// Attempt-log lines kept per entry (the oldest are dropped).
 pub const MAX_ATTEMPT_LOG: usize = 50;
 
+/// Wakes queue runners waiting in `wait_for_work` when an entry becomes due.
+/// Process-wide: several stores in one process only cause spurious wake-ups.
+static QUEUE_WORK: std::sync::LazyLock<tokio::sync::Notify> =
+    std::sync::LazyLock::new(tokio::sync::Notify::new);
+
+fn is_due_now(entry: &QueueEntry, now: i64) -> bool {
+    is_due_state(entry.state) && entry.next_attempt <= now
+}
+
 fn qerr(e: DbErr) -> QueueError {
     QueueError::Io(e.0)
 }
@@ -72,6 +81,7 @@ impl QueueStore for Store {
             Ok::<_, Fail<QueueError>>(entry.id)
         })
         .await
+        .inspect(|_| QUEUE_WORK.notify_waiters())
     }
 
     async fn due(&self, now: i64, limit: usize) -> Result<Vec<QueueEntry>, QueueError> {
@@ -114,15 +124,22 @@ impl QueueStore for Store {
             let excess = entry.log.len() - MAX_ATTEMPT_LOG;
             entry.log.drain(..excess);
         }
-        self.write(qerr, move |ctx| {
-            let Some(old) = get_entry(ctx.r(), entry.id.0)? else {
-                return Err(Fail::Reject(QueueError::NotFound(entry.id)));
-            };
-            unindex(ctx, &old)?;
-            put_entry(ctx, &entry)?;
-            Ok(())
-        })
-        .await
+        let now = umail_core::unix_now();
+        let newly_due = self
+            .write(qerr, move |ctx| {
+                let Some(old) = get_entry(ctx.r(), entry.id.0)? else {
+                    return Err(Fail::Reject(QueueError::NotFound(entry.id)));
+                };
+                unindex(ctx, &old)?;
+                put_entry(ctx, &entry)?;
+                Ok(is_due_now(&entry, now) && !is_due_now(&old, now))
+            })
+            .await?;
+        if newly_due {
+            // A flush or release: wake the runner.
+            QUEUE_WORK.notify_waiters();
+        }
+        Ok(())
     }
 
     async fn remove(&self, id: QueueId) -> Result<(), QueueError> {
@@ -136,6 +153,10 @@ impl QueueStore for Store {
             Ok(())
         })
         .await
+    }
+
+    async fn wait_for_work(&self, max: std::time::Duration) {
+        let _ = tokio::time::timeout(max, QUEUE_WORK.notified()).await;
     }
 
     async fn list(&self, state: Option<QueueState>) -> Result<Vec<QueueEntry>, QueueError> {

@@ -30,7 +30,8 @@ pub const DELAY_DSN_AFTER_SECS: i64 = 4 * 3600;
 /// A 5xx from the first MX fails the recipient (U-Mail's default) rather
 /// than trying the next MX.
 pub const FIRST_5XX_IS_FINAL: bool = true;
-/// The queue is polled this often.
+/// The queue is polled at least this often (new, flushed and released
+/// entries wake the runner at once through `QueueStore::wait_for_work`).
 pub const POLL: Duration = Duration::from_millis(500);
 /// DKIM keys are re-read from the store at most this often.
 pub const DKIM_CACHE: Duration = Duration::from_secs(1);
@@ -93,7 +94,7 @@ impl Runner {
             }
             self.tick().await;
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
+                _ = self.services.queue.wait_for_work(POLL) => {}
                 _ = shutdown.wait() => break,
             }
         }
