@@ -812,3 +812,101 @@ fn expired_message_bounces_with_5_4_7() {
     assert_eq!(field(&groups[0], "action"), "failed");
     assert!(field(&groups[0], "diagnostic-code").contains("451 4.3.0 try again later"));
 }
+
+#[test]
+fn notify_success_and_never_are_honoured() {
+    let peer = Peer::start(|_| Script::Normal);
+    let mut sender = sender(peer.port);
+    let script = r#"
+import os, smtplib, ssl
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=30)
+s.starttls(context=ctx); s.ehlo()
+s.login("alice@example.com", os.environ["PASSWORD"])
+assert s.has_extn("dsn"), s.esmtp_features
+code, _ = s.mail("alice@example.com", ["ENVID=notify-1"]); assert code == 250
+code, _ = s.rcpt("bob@peer.test", ["NOTIFY=SUCCESS", "ORCPT=rfc822;boss@example.com"]); assert code == 250
+code, _ = s.rcpt("reject-silently@peer.test", ["NOTIFY=NEVER"]); assert code == 250
+code, _ = s.data(b"From: alice@example.com\r\nSubject: notify\r\nMessage-ID: <notify@example.com>\r\n\r\nhi\r\n"); assert code == 250
+s.quit()
+"#;
+    python(
+        script,
+        &[
+            ("PORT", sender.port("submission").to_string()),
+            ("PASSWORD", PASSWORD.to_string()),
+        ],
+    );
+    wait_until("delivery", || !peer.messages().is_empty());
+    wait_queue_settled(&sender);
+    let inbox = inbox(&mut sender, "alice@example.com");
+    assert_eq!(
+        inbox.len(),
+        1,
+        "a success DSN for bob, nothing for NOTIFY=NEVER"
+    );
+    let msg = MessageParser::default().parse(&inbox[0][..]).unwrap();
+    let part = msg
+        .parts
+        .iter()
+        .find(|p| {
+            p.content_type()
+                .is_some_and(|c| c.subtype() == Some("delivery-status"))
+        })
+        .expect("delivery-status");
+    let status = String::from_utf8_lossy(part.contents()).into_owned();
+    assert!(
+        status.contains("Original-Envelope-Id: notify-1"),
+        "{status}"
+    );
+    let groups = recipient_fields(&status);
+    assert_eq!(groups.len(), 1, "{status}");
+    assert_eq!(field(&groups[0], "action"), "delivered");
+    assert_eq!(field(&groups[0], "status"), "2.0.0");
+    assert_eq!(
+        field(&groups[0], "final-recipient"),
+        "rfc822; bob@peer.test"
+    );
+    assert_eq!(
+        field(&groups[0], "original-recipient"),
+        "rfc822;boss@example.com"
+    );
+}
+
+#[test]
+fn direct_then_relay_sends_what_direct_delivery_deferred_to_the_smart_host() {
+    let relay = TestServer::start_with("[smtp]\nsender_must_match_auth = false\n");
+    setup(&relay, "partner.example", &["relayuser"]);
+    let relay_sink = Peer::start(|_| Script::Normal);
+    // The smart host forwards peer.test to a sink; direct delivery is always deferred.
+    let mut relay = relay;
+    assert!(relay.terminate().success());
+    let text = std::fs::read_to_string(relay.config_path()).unwrap();
+    std::fs::write(
+        relay.config_path(),
+        format!("{text}\n{}", route("peer.test", relay_sink.port)),
+    )
+    .unwrap();
+    relay.spawn();
+    let direct = Peer::start(|_| Script::TempRcpt);
+    let sender = TestServer::start_with(&format!(
+        "[delivery]\nmode = \"direct-then-relay\"\nretry_intervals_secs = [1]\nrelay = \"smtp://relayuser%40partner.example:{PASSWORD}@127.0.0.1:{}\"\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
+        relay.port("submission"),
+        direct.port
+    ));
+    setup(&sender, "example.com", &["alice"]);
+    submit(&sender, &["bob@peer.test"], "dtr@example.com", "");
+    wait_until("delivery through the smart host", || {
+        !relay_sink.messages().is_empty()
+    });
+    wait_queue_settled(&sender);
+    assert!(
+        direct.transactions() >= 1,
+        "direct delivery was tried first"
+    );
+    assert!(direct.messages().is_empty());
+    let msgs = relay_sink.messages();
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs[0].1.contains("Message-ID: <dtr@example.com>"));
+    assert!(queue_ids(&sender, None).is_empty());
+}
