@@ -204,7 +204,8 @@ async fn helo_fallback_and_per_recipient_replies_without_pipelining() {
         "no ESMTP parameters after HELO"
     );
     assert!(
-        log.iter().any(|l| l.starts_with("<data ") && l.contains("\r\n..dot\r\nbody\r\n>")),
+        log.iter()
+            .any(|l| l.starts_with("<data ") && l.contains("\r\n..dot\r\nbody\r\n>")),
         "{log:?}"
     );
 }
@@ -376,5 +377,18 @@ async fn slow_peer_times_out() {
     match c.send(&env, &[&env.recipients[0]], MSG).await {
         Err(ClientError::Timeout("end of data")) => {}
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn reply_fuzz_entry_survives_odd_input() {
+    for input in [
+        &b"\x05250-a\r\n250 b\r\n"[..],
+        b"\x00220 ok\r\n250-PIPELINING\r\n250-SIZE x\r\n250 AUTH\r\n",
+        b"\xff\xfe999 x\r\n",
+        b"\x03550",
+        b"",
+    ] {
+        umail_smtp::client::reply::fuzz_reply(input);
     }
 }

@@ -564,6 +564,25 @@ impl Runner {
         )
     }
 
+    async fn connect(&self, hop: &Hop, addr: SocketAddr) -> Result<SmtpConnection, ClientError> {
+        let settings = ClientSettings {
+            hello_name: self.services.hostname.clone(),
+            server_name: hop.name.clone(),
+            tls: hop.tls,
+            verify_certificate: hop.verify_certificate,
+            auth: hop.auth.clone(),
+            timeouts: self.timeouts,
+        };
+        let r = SmtpConnection::connect(addr, settings).await;
+        if let Err(e) = &r {
+            if matches!(e, ClientError::Io(_) | ClientError::Timeout("connect")) {
+                lock(&self.refused).insert(addr, Instant::now());
+            }
+            tracing::info!(target: "smtp.out", host = %hop.name, %addr, error = %e, "connection failed");
+        }
+        r
+    }
+
     async fn try_hops(
         &self,
         hops: &[Hop],
@@ -603,47 +622,42 @@ impl Runner {
                     .get_mut(&addr)
                     .and_then(|v| v.pop())
                     .map(|(c, _)| c);
+                let from_pool = pooled.is_some();
                 let mut conn = match pooled {
                     Some(c) => c,
-                    None => {
-                        let settings = ClientSettings {
-                            hello_name: self.services.hostname.clone(),
-                            server_name: hop.name.clone(),
-                            tls: hop.tls,
-                            verify_certificate: hop.verify_certificate,
-                            auth: hop.auth.clone(),
-                            timeouts: self.timeouts,
-                        };
-                        match SmtpConnection::connect(addr, settings).await {
-                            Ok(c) => c,
-                            Err(e) => {
-                                if matches!(
-                                    &e,
-                                    ClientError::Io(_) | ClientError::Timeout("connect")
-                                ) {
-                                    lock(&self.refused).insert(addr, Instant::now());
-                                }
-                                tracing::info!(target: "smtp.out", host = %hop.name, %addr, error = %e, "connection failed");
-                                let r = e.as_reply();
-                                for &k in &todo {
-                                    outcomes[k] = if e.is_permanent() && FIRST_5XX_IS_FINAL {
-                                        Outcome::Failed(r.one_line())
-                                    } else {
-                                        Outcome::Deferred(r.one_line())
-                                    };
-                                }
-                                last_host = Some(hop.name.clone());
-                                continue;
+                    None => match self.connect(hop, addr).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let r = e.as_reply();
+                            for &k in &todo {
+                                outcomes[k] = if e.is_permanent() && FIRST_5XX_IS_FINAL {
+                                    Outcome::Failed(r.one_line())
+                                } else {
+                                    Outcome::Deferred(r.one_line())
+                                };
                             }
+                            last_host = Some(hop.name.clone());
+                            continue;
                         }
-                    }
+                    },
                 };
                 last_host = Some(hop.name.clone());
                 let rcpts: Vec<&Recipient> = todo
                     .iter()
                     .map(|k| &entry.envelope.recipients[idx[*k]])
                     .collect();
-                match conn.send(&entry.envelope, &rcpts, message).await {
+                let mut result = conn.send(&entry.envelope, &rcpts, message).await;
+                if from_pool && result.is_err() {
+                    // The peer closed the idle connection: one fresh try.
+                    result = match self.connect(hop, addr).await {
+                        Ok(c) => {
+                            conn = c;
+                            conn.send(&entry.envelope, &rcpts, message).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                }
+                match result {
                     Ok(results) => {
                         for (k, r) in todo.iter().zip(results) {
                             tracing::info!(target: "smtp.out", id = %entry.id, rcpt = %entry.envelope.recipients[idx[*k]].address, host = %hop.name, reply = %r.reply(), "delivery attempt");

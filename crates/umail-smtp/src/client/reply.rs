@@ -182,6 +182,28 @@ impl ReplyParser {
     }
 }
 
+/// Fuzz entry: feeds `data` in two pieces and drains every reply; never
+/// panics, and every reply has a code in 200..600 and bounded lines.
+pub fn fuzz_reply(data: &[u8]) {
+    let mut p = ReplyParser::new();
+    let split = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
+    for piece in [&data[..split], &data[split..]] {
+        p.feed(piece);
+        loop {
+            match p.next_reply() {
+                Ok(Some(r)) => {
+                    assert!((200..600).contains(&r.code));
+                    assert!(r.lines.len() <= MAX_REPLY_LINES);
+                    let _ = (r.status(), r.one_line(), r.enhanced());
+                    let _ = super::protocol::Capabilities::from_ehlo(&r);
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
