@@ -325,6 +325,9 @@ fn umail_to_umail_over_static_route_read_by_pop3_with_dkim() {
     setup(&receiver, "partner.example", &["bob"]);
     let mut sender = TestServer::start_with(&route("partner.example", receiver.port("smtp")));
     setup(&sender, "example.com", &["alice"]);
+    let none = sender.umail(&["domain", "dkim", "show", "example.com"]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no DKIM key for example.com"));
     let out = sender.umail_ok(&["domain", "dkim", "generate", "example.com"]);
     assert!(
         out.contains("umail._domainkey.example.com. IN TXT \"v=DKIM1; k=rsa; p=MII"),

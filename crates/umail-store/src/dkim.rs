@@ -3,6 +3,7 @@
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
+use crate::db::{DbErr, Tx};
 use crate::writer::Fail;
 use crate::{AdminError, Store};
 
@@ -24,6 +25,12 @@ pub struct DkimKeyRecord {
     pub created: i64,
 }
 
+/// The table is created by the first `put_dkim_key`; before that a read
+/// transaction cannot open it, which simply means "no keys".
+fn missing_table(e: &DbErr) -> bool {
+    e.0.contains("does not exist")
+}
+
 impl Store {
     /// Stores (or replaces) a domain's DKIM key.
     pub async fn put_dkim_key(&self, record: DkimKeyRecord) -> Result<(), AdminError> {
@@ -38,25 +45,26 @@ impl Store {
     /// A domain's DKIM key, if it has one.
     pub async fn dkim_key(&self, domain: &str) -> Result<Option<DkimKeyRecord>, AdminError> {
         let key = domain.to_ascii_lowercase();
-        // Through the writer so the table exists even before the first key.
-        self.write(AdminError::storage, move |ctx| {
-            let r: Option<DkimKeyRecord> = ctx.r().get_json(DKIM_KEYS, key.as_str())?;
-            Ok::<_, Fail<AdminError>>(r)
-        })
-        .await
+        let tx = self.read().map_err(AdminError::storage)?;
+        match Tx::Read(&tx).get_json(DKIM_KEYS, key.as_str()) {
+            Ok(r) => Ok(r),
+            Err(e) if missing_table(&e) => Ok(None),
+            Err(e) => Err(AdminError::storage(e)),
+        }
     }
 
-    /// Every stored DKIM key.
+    /// Every stored DKIM key (a read transaction: the runner calls it often).
     pub async fn dkim_keys(&self) -> Result<Vec<DkimKeyRecord>, AdminError> {
-        self.write(AdminError::storage, move |ctx| {
-            let mut out = Vec::new();
-            ctx.r().scan_all(DKIM_KEYS, |_, v| {
-                out.push(crate::db::dec(v)?);
-                Ok(true)
-            })?;
-            Ok::<_, Fail<AdminError>>(out)
-        })
-        .await
+        let tx = self.read().map_err(AdminError::storage)?;
+        let mut out = Vec::new();
+        match Tx::Read(&tx).scan_all(DKIM_KEYS, |_, v| {
+            out.push(crate::db::dec(v)?);
+            Ok(true)
+        }) {
+            Ok(()) => Ok(out),
+            Err(e) if missing_table(&e) => Ok(Vec::new()),
+            Err(e) => Err(AdminError::storage(e)),
+        }
     }
 
     /// Deletes a domain's DKIM key; true if there was one.

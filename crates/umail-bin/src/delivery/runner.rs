@@ -317,7 +317,7 @@ impl Runner {
         for (i, r) in entry.envelope.recipients.iter().enumerate() {
             if r.notify.success
                 && let Some(RecipientStatus::Delivered { reply }) = entry.status.get(i)
-                && remote_hosts.contains_key(&i) | reply.starts_with("250 local")
+                && (remote_hosts.contains_key(&i) || reply.starts_with("250 local"))
                 && !entry
                     .log
                     .iter()
