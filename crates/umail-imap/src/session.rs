@@ -1037,12 +1037,64 @@ impl Session {
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
-        while let Ok(_) | Err(TryRecvError::Lagged(_)) = sel.feed.try_recv() {
+        let mut events = Vec::new();
+        loop {
+            match sel.feed.try_recv() {
+                Ok(change) => events.push(change),
+                Err(TryRecvError::Lagged(_)) => sel.dirty = true,
+                Err(_) => break,
+            }
+        }
+        // Flag changes and expunges are applied from the events; only new
+        // messages (whose metadata the events lack), a lagging feed or a
+        // vanished mailbox cost a read of the whole mailbox.
+        if events
+            .iter()
+            .any(|c| matches!(c, MailboxChange::Added { .. } | MailboxChange::Gone))
+        {
             sel.dirty = true;
+        }
+        if !sel.dirty {
+            for change in events {
+                match change {
+                    MailboxChange::Flags { uid, flags, modseq } => {
+                        let Some(i) = sel.index_of(uid) else {
+                            continue;
+                        };
+                        let m = &mut sel.msgs[i];
+                        if m.expunged || modseq <= m.modseq {
+                            continue;
+                        }
+                        m.modseq = modseq;
+                        if flags != m.flags {
+                            m.flags = flags;
+                            let mut line =
+                                format!("{} FETCH (FLAGS {} UID {uid}", i + 1, flag_list(&m.flags));
+                            if condstore {
+                                line.push_str(&format!(" MODSEQ ({modseq})"));
+                            }
+                            line.push(')');
+                            self.out.untagged(&line);
+                        }
+                    }
+                    MailboxChange::Expunged { uids, .. } => {
+                        for uid in uids {
+                            if let Some(i) = sel.index_of(uid)
+                                && !sel.msgs[i].expunged
+                            {
+                                sel.msgs[i].expunged = true;
+                                sel.pending_expunge = true;
+                            }
+                        }
+                    }
+                    MailboxChange::Added { .. } | MailboxChange::Gone => {}
+                }
+            }
         }
         if sel.dirty {
             sel.dirty = false;
             let Ok(current) = self.services.store.messages(&account, sel.id).await else {
+                sel.dirty = true;
                 return;
             };
             let current: BTreeMap<Uid, MessageMeta> =
