@@ -864,7 +864,8 @@ s.quit()
     );
     let groups = recipient_fields(&status);
     assert_eq!(groups.len(), 1, "{status}");
-    assert_eq!(field(&groups[0], "action"), "delivered");
+    // The peer has no DSN extension: RFC 3461 §5.2.2 says "relayed".
+    assert_eq!(field(&groups[0], "action"), "relayed");
     assert_eq!(field(&groups[0], "status"), "2.0.0");
     assert_eq!(
         field(&groups[0], "final-recipient"),

@@ -58,6 +58,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 enum Outcome {
     Delivered(String),
+    /// Accepted by a DSN-capable peer: NOTIFY was passed on (RFC 3461 §5.2.2).
+    PassedOn(String),
     Deferred(String),
     Failed(String),
 }
@@ -208,6 +210,7 @@ impl Runner {
         }
         let mut signed: Option<Option<Vec<u8>>> = None;
         let mut delivered_remote: HashMap<usize, String> = HashMap::new();
+        let mut passed_on: HashSet<usize> = HashSet::new();
         for (domain, idx) in groups {
             let local = match umail_core::Domain::parse(&domain) {
                 Ok(d) => self
@@ -236,6 +239,10 @@ impl Runner {
                         }
                         RecipientStatus::Delivered { reply }
                     }
+                    Outcome::PassedOn(reply) => {
+                        passed_on.insert(*i);
+                        RecipientStatus::Delivered { reply }
+                    }
                     Outcome::Deferred(reply) => RecipientStatus::Deferred { reply },
                     Outcome::Failed(reply) => RecipientStatus::Failed { reply },
                 };
@@ -250,7 +257,8 @@ impl Runner {
                 tracing::warn!(target: "queue", id = %entry.id, error = %e, "cannot record delivery status");
             }
         }
-        self.finish(entry, &message, &delivered_remote).await;
+        self.finish(entry, &message, &delivered_remote, &passed_on)
+            .await;
     }
 
     async fn finish(
@@ -258,6 +266,7 @@ impl Runner {
         mut entry: QueueEntry,
         message: &Bytes,
         remote_hosts: &HashMap<usize, String>,
+        passed_on: &HashSet<usize>,
     ) {
         let q = &self.services.queue;
         let now = umail_core::unix_now();
@@ -316,6 +325,7 @@ impl Runner {
         }
         for (i, r) in entry.envelope.recipients.iter().enumerate() {
             if r.notify.success
+                && !passed_on.contains(&i)
                 && let Some(RecipientStatus::Delivered { reply }) = entry.status.get(i)
                 && (remote_hosts.contains_key(&i) || reply.starts_with("250 local"))
                 && !entry
@@ -323,9 +333,15 @@ impl Runner {
                     .iter()
                     .any(|l| l.result == format!("dsn-success {i}"))
             {
+                // RFC 3461 §5.2.2: "relayed" when the next hop could not
+                // take NOTIFY; nothing when it could (it reports itself).
                 report.push(dsn_rcpt(
                     r,
-                    DsnAction::Delivered,
+                    if remote_hosts.contains_key(&i) {
+                        DsnAction::Relayed
+                    } else {
+                        DsnAction::Delivered
+                    },
                     reply,
                     remote_hosts.get(&i).cloned(),
                 ));
@@ -657,11 +673,13 @@ impl Runner {
                         Err(e) => Err(e),
                     };
                 }
+                let dsn = conn.capabilities().dsn;
                 match result {
                     Ok(results) => {
                         for (k, r) in todo.iter().zip(results) {
                             tracing::info!(target: "smtp.out", id = %entry.id, rcpt = %entry.envelope.recipients[idx[*k]].address, host = %hop.name, reply = %r.reply(), "delivery attempt");
                             outcomes[*k] = match r {
+                                RcptOutcome::Delivered(r) if dsn => Outcome::PassedOn(r.one_line()),
                                 RcptOutcome::Delivered(r) => Outcome::Delivered(r.one_line()),
                                 RcptOutcome::Deferred(r) => Outcome::Deferred(r.one_line()),
                                 RcptOutcome::Failed(r) if FIRST_5XX_IS_FINAL => {
@@ -693,6 +711,7 @@ impl Runner {
 fn clone_outcome(o: &Outcome) -> Outcome {
     match o {
         Outcome::Delivered(s) => Outcome::Delivered(s.clone()),
+        Outcome::PassedOn(s) => Outcome::PassedOn(s.clone()),
         Outcome::Deferred(s) => Outcome::Deferred(s.clone()),
         Outcome::Failed(s) => Outcome::Failed(s.clone()),
     }
