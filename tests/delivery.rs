@@ -914,3 +914,27 @@ fn direct_then_relay_sends_what_direct_delivery_deferred_to_the_smart_host() {
     assert!(msgs[0].1.contains("Message-ID: <dtr@example.com>"));
     assert!(queue_ids(&sender, None).is_empty());
 }
+
+#[test]
+fn refused_destination_is_remembered_and_deferred() {
+    // A port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sender = sender(port);
+    submit(&sender, &["bob@peer.test"], "refused@example.com", "");
+    wait_until("a retry that skips the refusing host", || {
+        let ids = queue_ids(&sender, Some("deferred"));
+        ids.len() == 1
+            && sender
+                .umail_ok(&["queue", "show", &ids[0]])
+                .contains("refused connections recently")
+    });
+    let id = queue_ids(&sender, Some("deferred")).remove(0);
+    let show = sender.umail_ok(&["queue", "show", &id]);
+    assert!(show.contains("4.4.1"), "{show}");
+    sender.umail_ok(&["queue", "delete", &id]);
+    assert!(queue_ids(&sender, None).is_empty());
+}
