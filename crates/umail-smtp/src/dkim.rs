@@ -102,4 +102,80 @@ mod tests {
         assert!(h.starts_with("DKIM-Signature:"), "{h}");
         assert!(h.contains("d=example.com") && h.contains("s=umail") && h.ends_with("\r\n"));
     }
+
+    #[tokio::test]
+    async fn signature_verifies_against_the_published_record() {
+        use std::borrow::Borrow;
+        use std::collections::HashMap;
+        use std::hash::Hash;
+        use std::sync::Mutex;
+        use std::time::Instant;
+
+        use mail_auth::common::parse::TxtRecordParser;
+        use mail_auth::common::verify::DomainKey;
+        use mail_auth::{
+            AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
+        };
+
+        /// The "DNS": the TXT record we tell operators to publish.
+        struct Zone(Mutex<HashMap<Box<str>, Txt>>);
+        impl ResolverCache<Box<str>, Txt> for Zone {
+            fn get<Q>(&self, name: &Q) -> Option<Txt>
+            where
+                Box<str>: Borrow<Q>,
+                Q: Hash + Eq + ?Sized,
+            {
+                self.0.lock().unwrap().get(name).cloned()
+            }
+            fn remove<Q>(&self, name: &Q) -> Option<Txt>
+            where
+                Box<str>: Borrow<Q>,
+                Q: Hash + Eq + ?Sized,
+            {
+                self.0.lock().unwrap().remove(name)
+            }
+            fn insert(&self, key: Box<str>, value: Txt, _: Instant) {
+                self.0.lock().unwrap().insert(key, value);
+            }
+        }
+
+        let (private_key, txt) = generate().unwrap();
+        let key = DkimKey {
+            domain: "example.com".into(),
+            selector: "umail".into(),
+            private_key,
+        };
+        let message = b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: signed\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <s@example.com>\r\n\r\nHello,\r\n\r\nbody text.\r\n";
+        assert_eq!(signing_domain(message).as_deref(), Some("example.com"));
+        let mut signed = sign(&key, message).unwrap();
+        signed.extend_from_slice(message);
+
+        let zone = Zone(Mutex::new(HashMap::new()));
+        let record = Txt::from(DomainKey::parse(txt.as_bytes()).unwrap());
+        for name in [
+            "umail._domainkey.example.com.",
+            "umail._domainkey.example.com",
+        ] {
+            zone.insert(name.into(), record.clone(), Instant::now());
+        }
+        let authenticator = MessageAuthenticator::new_system_conf()
+            .or_else(|_| MessageAuthenticator::new_cloudflare())
+            .unwrap();
+        let parsed = AuthenticatedMessage::parse(&signed).unwrap();
+        let out = authenticator
+            .verify_dkim(Parameters::new(&parsed).with_txt_cache(&zone))
+            .await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].result(), &DkimResult::Pass);
+
+        // A changed body no longer verifies.
+        let mut tampered = signed.clone();
+        let n = tampered.len();
+        tampered[n - 4] = b'X';
+        let parsed = AuthenticatedMessage::parse(&tampered).unwrap();
+        let out = authenticator
+            .verify_dkim(Parameters::new(&parsed).with_txt_cache(&zone))
+            .await;
+        assert_ne!(out[0].result(), &DkimResult::Pass);
+    }
 }
