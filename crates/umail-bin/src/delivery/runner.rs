@@ -211,7 +211,8 @@ impl Runner {
         let mut signed: Option<Option<Vec<u8>>> = None;
         let mut delivered_remote: HashMap<usize, String> = HashMap::new();
         let mut passed_on: HashSet<usize> = HashSet::new();
-        for (domain, idx) in groups {
+        let last_group = groups.len().saturating_sub(1);
+        for (g, (domain, idx)) in groups.into_iter().enumerate() {
             let local = match umail_core::Domain::parse(&domain) {
                 Ok(d) => self
                     .services
@@ -252,8 +253,11 @@ impl Runner {
                 host: host.clone().or_else(|| local.then(|| "local".to_string())),
                 result: format!("{domain}: {}", summary(&entry, &idx)),
             });
-            // Durable after each destination: a crash re-sends at most one group.
-            if let Err(e) = q.update(&entry).await {
+            // Durable after each destination: a crash re-sends at most one
+            // group. After the last one, `finish` writes (or removes) the entry.
+            if g < last_group
+                && let Err(e) = q.update(&entry).await
+            {
                 tracing::warn!(target: "queue", id = %entry.id, error = %e, "cannot record delivery status");
             }
         }
