@@ -398,7 +398,15 @@ fn dkim_output(domain: &str, selector: &str, txt: &str) -> Output {
             ("selector".into(), selector.into()),
             (
                 "record".into(),
-                format!("{selector}._domainkey.{domain}. IN TXT \"{txt}\""),
+                // RFC 1035 §3.3.14: one TXT string holds at most 255 bytes.
+                format!(
+                    "{selector}._domainkey.{domain}. IN TXT ( {} )",
+                    txt.as_bytes()
+                        .chunks(255)
+                        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
             ),
             ("txt".into(), txt.into()),
         ],
