@@ -7,7 +7,9 @@
 use std::borrow::Borrow;
 use std::ops::RangeBounds;
 
-use redb::{Key, ReadTransaction, ReadableTable, TableDefinition, Value, WriteTransaction};
+use redb::{
+    Key, ReadTransaction, ReadableTable, TableDefinition, TableHandle, Value, WriteTransaction,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -289,12 +291,19 @@ fn copy_table<K, V>(
     src: &ReadTransaction,
     dst: &WriteTransaction,
     def: TableDefinition<'static, K, V>,
+    copied: &mut Vec<String>,
 ) -> Result<u64, DbErr>
 where
     K: Key + 'static,
     V: Value + 'static,
 {
-    let from = src.open_table(def)?;
+    copied.push(def.name().to_string());
+    // Tables created on first use (e.g. expunge records) may not exist yet.
+    let from = match src.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
     let mut to = dst.open_table(def)?;
     let mut n = 0;
     for item in from.iter()? {
@@ -306,30 +315,45 @@ where
 }
 
 /// Copies every table of a snapshot into an (empty) write transaction;
-/// returns the number of entries copied.
+/// returns the number of entries copied. A table in the snapshot that this
+/// function does not know is an error, so a backup never silently leaves
+/// data behind when a table is added without being listed here.
 pub(crate) fn copy_all(src: &ReadTransaction, dst: &WriteTransaction) -> Result<u64, DbErr> {
-    Ok(copy_table(src, dst, DOMAINS)?
-        + copy_table(src, dst, DOMAIN_ALIASES)?
-        + copy_table(src, dst, USERS)?
-        + copy_table(src, dst, ALIASES)?
-        + copy_table(src, dst, LISTS)?
-        + copy_table(src, dst, DEPARTMENTS)?
-        + copy_table(src, dst, ADMINS)?
-        + copy_table(src, dst, ACCOUNTS)?
-        + copy_table(src, dst, MAILBOXES)?
-        + copy_table(src, dst, MAILBOX_NAMES)?
-        + copy_table(src, dst, SUBSCRIPTIONS)?
-        + copy_table(src, dst, MESSAGES)?
-        + copy_table(src, dst, BLOBS)?
-        + copy_table(src, dst, BLOB_REFS)?
-        + copy_table(src, dst, QUEUE)?
-        + copy_table(src, dst, QUEUE_CONTENT)?
-        + copy_table(src, dst, QUEUE_DUE)?
-        + copy_table(src, dst, REMOTE_ACCOUNTS)?
-        + copy_table(src, dst, DOMAIN_POP)?
-        + copy_table(src, dst, COLLECT_LIMITS)?
-        + copy_table(src, dst, COLLECT_SEEN)?
-        + copy_table(src, dst, COLLECT_SEEN_AGE)?
-        + copy_table(src, dst, COLLECT_SEEN_COUNT)?
-        + copy_table(src, dst, META)?)
+    let mut copied = Vec::new();
+    let c = &mut copied;
+    let n = copy_table(src, dst, DOMAINS, c)?
+        + copy_table(src, dst, DOMAIN_ALIASES, c)?
+        + copy_table(src, dst, USERS, c)?
+        + copy_table(src, dst, ALIASES, c)?
+        + copy_table(src, dst, LISTS, c)?
+        + copy_table(src, dst, DEPARTMENTS, c)?
+        + copy_table(src, dst, ADMINS, c)?
+        + copy_table(src, dst, ACCOUNTS, c)?
+        + copy_table(src, dst, MAILBOXES, c)?
+        + copy_table(src, dst, MAILBOX_NAMES, c)?
+        + copy_table(src, dst, SUBSCRIPTIONS, c)?
+        + copy_table(src, dst, MESSAGES, c)?
+        + copy_table(src, dst, crate::mail::EXPUNGED, c)?
+        + copy_table(src, dst, BLOBS, c)?
+        + copy_table(src, dst, BLOB_REFS, c)?
+        + copy_table(src, dst, QUEUE, c)?
+        + copy_table(src, dst, QUEUE_CONTENT, c)?
+        + copy_table(src, dst, QUEUE_DUE, c)?
+        + copy_table(src, dst, REMOTE_ACCOUNTS, c)?
+        + copy_table(src, dst, DOMAIN_POP, c)?
+        + copy_table(src, dst, COLLECT_LIMITS, c)?
+        + copy_table(src, dst, COLLECT_SEEN, c)?
+        + copy_table(src, dst, COLLECT_SEEN_AGE, c)?
+        + copy_table(src, dst, COLLECT_SEEN_COUNT, c)?
+        + copy_table(src, dst, crate::dkim::DKIM_KEYS, c)?
+        + copy_table(src, dst, META, c)?;
+    for table in src.list_tables()? {
+        if !copied.iter().any(|name| name == table.name()) {
+            return Err(DbErr(format!(
+                "table {} is not copied by backups; refusing an incomplete backup",
+                table.name()
+            )));
+        }
+    }
+    Ok(n)
 }

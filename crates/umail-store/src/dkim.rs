@@ -8,7 +8,7 @@ use crate::writer::Fail;
 use crate::{AdminError, Store};
 
 /// domain (lower case) → JSON [`DkimKeyRecord`].
-const DKIM_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("dkim_keys");
+pub(crate) const DKIM_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("dkim_keys");
 
 /// A stored DKIM key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
