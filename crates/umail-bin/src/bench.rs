@@ -41,7 +41,7 @@ pub struct SmtpBenchArgs {
 pub struct BenchServer {
     process: std::process::Child,
     listeners: HashMap<String, String>,
-    admin: Option<String>,
+    admin: Option<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -72,7 +72,12 @@ impl BenchServer {
             ),
         )?;
         let exe = std::env::current_exe().context("locating the umail binary")?;
-        let mut process = std::process::Command::new(exe)
+        // Many-connection runs need more descriptors: raise the limit in a
+        // shell that then becomes the server (exec keeps the pid).
+        let mut process = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@""#)
+            .arg(exe)
             .arg("--config")
             .arg(&path)
             .arg("serve")
@@ -85,7 +90,8 @@ impl BenchServer {
         let mut listeners = HashMap::new();
         let mut admin = None;
         let mut ready = false;
-        for line in std::io::BufReader::new(stdout).lines() {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
             let line = line?;
             if let Some((name, addr)) = line
                 .strip_prefix("umail: listening ")
@@ -94,13 +100,20 @@ impl BenchServer {
                 listeners.insert(name.to_string(), addr.trim().to_string());
             }
             if let Some(rest) = line.strip_prefix("umail: system administrator ") {
-                admin = rest.split_whitespace().next().map(str::to_string);
+                let mut words = rest.split_whitespace();
+                if let (Some(user), Some("password"), Some(password)) =
+                    (words.next(), words.next(), words.next())
+                {
+                    admin = Some((user.to_string(), password.to_string()));
+                }
             }
             if line.starts_with("umail: ready") {
                 ready = true;
                 break;
             }
         }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
         let server = BenchServer {
             process,
             listeners,
@@ -121,9 +134,15 @@ impl BenchServer {
             .with_context(|| format!("the benchmark server has no {name} listener"))
     }
 
-    /// The first administrator created at start, if this start created one.
-    pub fn admin(&self) -> Option<&str> {
-        self.admin.as_deref()
+    /// The first administrator created at start and its password, if this
+    /// start created one.
+    pub fn admin(&self) -> Option<(&str, &str)> {
+        self.admin.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
     }
 
     /// The server's peak resident set size so far, in KiB.
@@ -248,6 +267,7 @@ pub async fn smtp(args: SmtpBenchArgs) -> Result<()> {
                 None => server
                     .admin()
                     .context("no administrator to deliver to")?
+                    .0
                     .to_string(),
             };
             (Some(server), addr, rcpt)

@@ -24,7 +24,6 @@
 //! `ulimit -n 65536`).
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -36,6 +35,8 @@ use clap::{Args, ValueEnum};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::bench::BenchServer;
 
 /// How the benchmark logs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,11 +115,23 @@ pub async fn run(args: ImapBenchArgs) -> Result<()> {
         ),
         None => {
             let sessions = args.idle.unwrap_or(0) + args.clients + 100;
-            let (c, a, creds) = start_server(sessions)?;
-            (Some(c), a, creds)
+            let dir = tempfile::tempdir().context("temporary directory")?;
+            let server = BenchServer::start(
+                dir,
+                &format!(
+                    "max_sessions = {sessions}\nmax_sessions_per_ip = {sessions}\n\n[listeners]\nimap = [\"127.0.0.1:0\"]\n\n[imap]\nplaintext_auth_without_tls = true\n\n[log]\nlevel = \"warn\""
+                ),
+            )?;
+            let addr = server.listener("imap")?;
+            let (user, password) = server.admin().context("no administrator to log in as")?;
+            let creds = Credentials {
+                user: user.to_string(),
+                password: password.to_string(),
+            };
+            (Some(server), addr, creds)
         }
     };
-    let pid = child.as_ref().map(|c| c.process.id()).or(args.server_pid);
+    let pid = child.as_ref().map(BenchServer::pid).or(args.server_pid);
     let login = Arc::new(Login::new(creds, args.auth));
     let size = usize::try_from(args.size).context("size")?;
     // Fill INBOX.
@@ -138,82 +151,11 @@ pub async fn run(args: ImapBenchArgs) -> Result<()> {
 // Server child
 // ---------------------------------------------------------------------------
 
-struct Child {
-    process: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
 /// Login name and password.
 #[derive(Debug, Clone)]
 struct Credentials {
     user: String,
     password: String,
-}
-
-/// Starts `umail serve` with only an `imap` listener (plaintext login
-/// allowed on loopback), its open-file limit raised; returns the child,
-/// the listener address and the administrator's credentials.
-fn start_server(sessions: usize) -> Result<(Child, String, Credentials)> {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().context("temporary directory")?;
-    let config = dir.path().join("umail.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nhostname = \"bench.localhost\"\ndata_dir = \"{}\"\nmax_sessions = {sessions}\nmax_sessions_per_ip = {sessions}\n\n[listeners]\nimap = [\"127.0.0.1:0\"]\n\n[imap]\nplaintext_auth_without_tls = true\n\n[log]\nlevel = \"warn\"\n",
-            dir.path().join("data").display(),
-        ),
-    )?;
-    let exe = std::env::current_exe().context("locating the umail binary")?;
-    // `ulimit -n` in a shell that then becomes the server (exec keeps the pid).
-    let mut process = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@""#)
-        .arg(exe)
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting umail serve")?;
-    let stdout = process.stdout.take().context("child stdout")?;
-    let mut addr = None;
-    let mut creds = None;
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(rest) = line.strip_prefix("umail: listening imap ") {
-            addr = Some(rest.trim().to_string());
-        }
-        if let Some(rest) = line.strip_prefix("umail: system administrator ") {
-            let mut w = rest.split_whitespace();
-            if let (Some(user), Some("password"), Some(password)) = (w.next(), w.next(), w.next()) {
-                creds = Some(Credentials {
-                    user: user.to_string(),
-                    password: password.to_string(),
-                });
-            }
-        }
-        if line.starts_with("umail: ready") {
-            break;
-        }
-    }
-    // Keep draining the child's stdout so that it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let child = Child { process, _dir: dir };
-    match (addr, creds) {
-        (Some(a), Some(c)) => Ok((child, a, c)),
-        _ => bail!("the benchmark server did not start"),
-    }
 }
 
 /// `(VmRSS, VmHWM)` of a process in KiB.
