@@ -230,6 +230,10 @@ pub struct DomainPopRouting {
     /// empty = [`ROUTING_HEADERS`]). The `for` clause of `Received` is
     /// always read last.
     pub headers: Vec<String>,
+    /// `Received` fields to ignore, counted from the top (the newest): the
+    /// hops added by the catch-all's own provider, whose `for` clause names
+    /// the catch-all mailbox rather than the real recipient.
+    pub skip_received: usize,
 }
 
 impl Default for DomainPopRouting {
@@ -239,6 +243,7 @@ impl Default for DomainPopRouting {
             dedupe_message_id: true,
             max_recipients: 100,
             headers: Vec::new(),
+            skip_received: 0,
         }
     }
 }
@@ -406,7 +411,7 @@ impl Sink<'_> {
                 }
                 let mut accounts = route(
                     *directory,
-                    &candidate_addresses_in(&message, &routing.headers),
+                    &candidate_addresses_in(&message, &routing.headers, routing.skip_received),
                     routing.max_recipients,
                 )
                 .await?;
@@ -508,12 +513,17 @@ pub fn addresses_in(value: &str) -> Vec<Address> {
 /// duplicates: `Delivered-To`, `X-Original-To`, `X-Envelope-To`, `To`,
 /// `Cc`, then the `for <addr>` clause of `Received` fields.
 pub fn candidate_addresses(message: &[u8]) -> Vec<Address> {
-    candidate_addresses_in(message, &[])
+    candidate_addresses_in(message, &[], 0)
 }
 
 /// Like [`candidate_addresses`] with the header list `headers` instead of
-/// [`ROUTING_HEADERS`] (empty = the default list).
-pub fn candidate_addresses_in(message: &[u8], headers: &[String]) -> Vec<Address> {
+/// [`ROUTING_HEADERS`] (empty = the default list), ignoring the first
+/// `skip_received` `Received` fields.
+pub fn candidate_addresses_in(
+    message: &[u8],
+    headers: &[String],
+    skip_received: usize,
+) -> Vec<Address> {
     let mut out: Vec<Address> = Vec::new();
     let mut push = |a: Address| {
         if !out.iter().any(|b| b.lookup_key() == a.lookup_key()) {
@@ -530,7 +540,10 @@ pub fn candidate_addresses_in(message: &[u8], headers: &[String]) -> Vec<Address
             addresses_in(&v).into_iter().for_each(&mut push);
         }
     }
-    for v in header_values(message, "received") {
+    for v in header_values(message, "received")
+        .into_iter()
+        .skip(skip_received)
+    {
         // RFC 5321 §4.4: "for" clause with the envelope recipient.
         let lower = v.to_ascii_lowercase();
         if let Some(i) = lower.find(" for ")
@@ -598,6 +611,25 @@ To: body@example.com\r\n";
             vec!["<abc@x>".to_string()]
         );
         assert_eq!(header_values(MSG, "to").len(), 1);
+    }
+
+    #[test]
+    fn provider_received_hops_can_be_skipped() {
+        let msg = b"Received: from edge by provider\r\n\tfor <catchall@provider.example>; Mon, 1 Jan 2024\r\n\
+Received: from client by mx.example.com for <erin@example.com>; Mon, 1 Jan 2024\r\n\
+Subject: x\r\n\r\nbody\r\n";
+        let keys = |skip| -> Vec<String> {
+            candidate_addresses_in(msg, &[], skip)
+                .iter()
+                .map(|a| a.lookup_key())
+                .collect()
+        };
+        assert_eq!(
+            keys(0),
+            vec!["catchall@provider.example", "erin@example.com"]
+        );
+        assert_eq!(keys(1), vec!["erin@example.com"]);
+        assert!(keys(5).is_empty());
     }
 
     #[test]

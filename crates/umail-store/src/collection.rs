@@ -359,6 +359,10 @@ pub struct DomainPopConfig {
     /// Most Message-IDs remembered for de-duplication; the oldest are
     /// forgotten first (0 = [`DEFAULT_MAX_MESSAGE_IDS`]).
     pub max_message_ids: u64,
+    /// `Received` fields ignored from the top when reading `for` clauses
+    /// (the provider's own hops). Default 0.
+    #[serde(default)]
+    pub skip_received: u32,
 }
 
 impl DomainPopConfig {
@@ -376,6 +380,7 @@ impl DomainPopConfig {
             fallback: None,
             dedupe_message_id: true,
             max_message_ids: DEFAULT_MAX_MESSAGE_IDS,
+            skip_received: 0,
         }
     }
 

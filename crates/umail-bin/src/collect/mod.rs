@@ -143,6 +143,10 @@ pub enum DomainPopCmd {
         /// Most Message-IDs remembered for de-duplication (default 10000).
         #[arg(long)]
         max_message_ids: Option<u64>,
+        /// Ignore this many `Received` fields from the top (the provider's
+        /// own hops) when reading `for <address>` clauses.
+        #[arg(long)]
+        skip_received: Option<u32>,
     },
     /// Show a domain's DomainPOP account.
     Show {
@@ -402,6 +406,7 @@ pub enum CollectRequest {
         fallback: Option<String>,
         no_dedupe: bool,
         max_message_ids: Option<u64>,
+        skip_received: Option<u32>,
     },
     DomainShow {
         domain: String,
@@ -465,6 +470,7 @@ pub fn fetch_request(cmd: FetchCmd) -> Result<CollectRequest> {
                 fallback,
                 no_dedupe,
                 max_message_ids,
+                skip_received,
             } => R::DomainSet {
                 domain,
                 changes: settings.into_changes()?,
@@ -472,6 +478,7 @@ pub fn fetch_request(cmd: FetchCmd) -> Result<CollectRequest> {
                 fallback,
                 no_dedupe,
                 max_message_ids,
+                skip_received,
             },
             DomainPopCmd::Show { domain } => R::DomainShow { domain },
             DomainPopCmd::Remove { domain } => R::DomainRemove { domain },
@@ -597,6 +604,7 @@ fn domain_record(d: &DomainPopInfo) -> Output {
         ("fallback".into(), c.fallback.clone().unwrap_or_default()),
         ("dedupe_message_id".into(), c.dedupe_message_id.to_string()),
         ("max_message_ids".into(), c.max_message_ids.to_string()),
+        ("skip_received".into(), c.skip_received.to_string()),
     ]);
     fields.extend(status_fields(&d.status, c.interval_secs));
     Output::Record { fields }
@@ -686,6 +694,7 @@ pub async fn execute(store: &Store, request: CollectRequest) -> AdminReply {
             fallback,
             no_dedupe,
             max_message_ids,
+            skip_received,
         } => {
             let d = domain(&d)?;
             let mut config = match store.domain_pop(&d).map_err(e)? {
@@ -701,6 +710,9 @@ pub async fn execute(store: &Store, request: CollectRequest) -> AdminReply {
             }
             if no_dedupe {
                 config.dedupe_message_id = false;
+            }
+            if let Some(n) = skip_received {
+                config.skip_received = n;
             }
             if let Some(n) = max_message_ids {
                 config.max_message_ids = n;

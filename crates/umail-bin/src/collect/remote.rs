@@ -390,6 +390,7 @@ pub async fn run_domain(
             fallback,
             dedupe_message_id: c.dedupe_message_id,
             headers: c.headers.clone(),
+            skip_received: c.skip_received as usize,
             ..DomainPopRouting::default()
         };
         let max_ids = if c.max_message_ids == 0 {
