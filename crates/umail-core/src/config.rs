@@ -330,6 +330,14 @@ pub struct DeliveryConfig {
     pub max_connections: usize,
     /// Most concurrent connections to one destination host. Default 5.
     pub max_connections_per_host: usize,
+    /// A permanent (5xx) reply from the first MX fails the recipient; when
+    /// false the next MX is tried. Default true.
+    pub first_mx_5xx_is_final: bool,
+    /// Send a "delayed" DSN once a message has waited this long, seconds
+    /// (0 = never). Default 14400 (4 hours).
+    pub delay_notify_secs: u64,
+    /// How long a host that refused a connection is skipped, seconds. Default 60.
+    pub remember_refused_secs: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -342,6 +350,9 @@ impl Default for DeliveryConfig {
             retry_intervals_secs: vec![60, 300, 900, 1800, 3600, 7200, 14400],
             max_connections: 20,
             max_connections_per_host: 5,
+            first_mx_5xx_is_final: true,
+            delay_notify_secs: 14_400,
+            remember_refused_secs: 60,
         }
     }
 }

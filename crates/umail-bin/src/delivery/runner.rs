@@ -21,15 +21,8 @@ use umail_smtp::dsn::{DsnAction, DsnInput, DsnRecipient};
 use umail_smtp::routing::{Hop, RouteError, Router};
 use umail_store::Store;
 
-/// How long a host that refused a connection is skipped.
-pub const REFUSED_MEMORY: Duration = Duration::from_secs(60);
 /// How long an idle pooled connection is kept.
 pub const IDLE_KEEP: Duration = Duration::from_secs(10);
-/// Send a "delayed" DSN once a message has waited this long.
-pub const DELAY_DSN_AFTER_SECS: i64 = 4 * 3600;
-/// A 5xx from the first MX fails the recipient (U-Mail's default) rather
-/// than trying the next MX.
-pub const FIRST_5XX_IS_FINAL: bool = true;
 /// The queue is polled at least this often (new, flushed and released
 /// entries wake the runner at once through `QueueStore::wait_for_work`).
 pub const POLL: Duration = Duration::from_millis(500);
@@ -363,8 +356,10 @@ impl Runner {
                 result: format!("dsn-failed {i}"),
             });
         }
+        let delay_after = i64::try_from(self.cfg.delay_notify_secs).unwrap_or(i64::MAX);
         if pending
-            && now - entry.created >= DELAY_DSN_AFTER_SECS
+            && self.cfg.delay_notify_secs != 0
+            && now - entry.created >= delay_after
             && !entry.log.iter().any(|l| l.result == DELAY_MARK)
         {
             for (i, r) in entry.envelope.recipients.iter().enumerate() {
@@ -623,10 +618,9 @@ impl Runner {
                 if todo.is_empty() {
                     break 'hops;
                 }
-                if lock(&self.refused)
-                    .get(&addr)
-                    .is_some_and(|t| t.elapsed() < REFUSED_MEMORY)
-                {
+                if lock(&self.refused).get(&addr).is_some_and(|t| {
+                    t.elapsed() < Duration::from_secs(self.cfg.remember_refused_secs)
+                }) {
                     for &k in &todo {
                         outcomes[k] = Outcome::Deferred(format!(
                             "451 4.4.1 {} ({addr}) refused connections recently",
@@ -650,7 +644,8 @@ impl Runner {
                         Err(e) => {
                             let r = e.as_reply();
                             for &k in &todo {
-                                outcomes[k] = if e.is_permanent() && FIRST_5XX_IS_FINAL {
+                                outcomes[k] = if e.is_permanent() && self.cfg.first_mx_5xx_is_final
+                                {
                                     Outcome::Failed(r.one_line())
                                 } else {
                                     Outcome::Deferred(r.one_line())
@@ -686,7 +681,7 @@ impl Runner {
                                 RcptOutcome::Delivered(r) if dsn => Outcome::PassedOn(r.one_line()),
                                 RcptOutcome::Delivered(r) => Outcome::Delivered(r.one_line()),
                                 RcptOutcome::Deferred(r) => Outcome::Deferred(r.one_line()),
-                                RcptOutcome::Failed(r) if FIRST_5XX_IS_FINAL => {
+                                RcptOutcome::Failed(r) if self.cfg.first_mx_5xx_is_final => {
                                     Outcome::Failed(r.one_line())
                                 }
                                 RcptOutcome::Failed(r) => Outcome::Deferred(r.one_line()),
