@@ -12,6 +12,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_rustls::server::TlsStream;
 
 use crate::directory::Directory;
@@ -279,6 +285,66 @@ impl Shutdown {
         // Keep the sender alive forever so `wait` never returns.
         std::mem::forget(tx);
         Shutdown(rx)
+    }
+}
+
+/// A client-side certificate verifier that accepts any server certificate,
+/// for connections an operator configured without verification
+/// (opportunistic STARTTLS per RFC 7435, a remote POP3 server with a
+/// self-signed certificate). The connection is encrypted but not
+/// authenticated; handshake signatures are still checked.
+#[derive(Debug)]
+pub struct AcceptAnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl AcceptAnyServerCert {
+    /// A verifier using `provider`'s signature algorithms.
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> AcceptAnyServerCert {
+        AcceptAnyServerCert(provider)
+    }
+}
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
