@@ -789,115 +789,30 @@ async fn idle(
 }
 
 // ---------------------------------------------------------------------------
-// SHA-256, HMAC and PBKDF2 for the SCRAM client (FIPS 180-4, RFC 2104,
-// RFC 8018); the bench binary has no crypto dependency of its own.
+// SHA-256, HMAC and PBKDF2 for the SCRAM client (RFC 5802 §3), from the
+// same crates umail-core's SASL server uses.
 // ---------------------------------------------------------------------------
 
 mod sha256 {
-    const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-        0xc67178f2,
-    ];
-
-    fn compress(h: &mut [u32; 8], block: &[u8]) {
-        let mut w = [0u32; 64];
-        for (i, c) in block.chunks_exact(4).enumerate().take(16) {
-            w[i] = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16]
-                .wrapping_add(s0)
-                .wrapping_add(w[i - 7])
-                .wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = *h;
-        for i in 0..64 {
-            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let ch = (e & f) ^ (!e & g);
-            let t1 = hh
-                .wrapping_add(s1)
-                .wrapping_add(ch)
-                .wrapping_add(K[i])
-                .wrapping_add(w[i]);
-            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let maj = (a & b) ^ (a & c) ^ (b & c);
-            let t2 = s0.wrapping_add(maj);
-            hh = g;
-            g = f;
-            f = e;
-            e = d.wrapping_add(t1);
-            d = c;
-            c = b;
-            b = a;
-            a = t1.wrapping_add(t2);
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-
-    /// SHA-256 of the concatenation of `parts`.
-    pub(super) fn digest_parts(parts: &[&[u8]]) -> [u8; 32] {
-        let mut h: [u32; 8] = [
-            0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-            0x5be0cd19,
-        ];
-        let mut data: Vec<u8> = parts.concat();
-        let bits = (data.len() as u64).wrapping_mul(8);
-        data.push(0x80);
-        while data.len() % 64 != 56 {
-            data.push(0);
-        }
-        data.extend_from_slice(&bits.to_be_bytes());
-        for block in data.chunks_exact(64) {
-            compress(&mut h, block);
-        }
-        let mut out = [0u8; 32];
-        for (o, v) in out.chunks_exact_mut(4).zip(h) {
-            o.copy_from_slice(&v.to_be_bytes());
-        }
-        out
-    }
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
 
     /// SHA-256.
     pub(super) fn digest(data: &[u8]) -> [u8; 32] {
-        digest_parts(&[data])
+        Sha256::digest(data).into()
     }
 
     /// HMAC-SHA-256.
     pub(super) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-        let mut k = [0u8; 64];
-        if key.len() > 64 {
-            k[..32].copy_from_slice(&digest(key));
-        } else {
-            k[..key.len()].copy_from_slice(key);
-        }
-        let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-        let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-        let inner = digest_parts(&[&ipad, data]);
-        digest_parts(&[&opad, &inner])
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+        mac.update(data);
+        mac.finalize().into_bytes().into()
     }
 
     /// PBKDF2-HMAC-SHA-256 with a 32-byte output (SCRAM's `Hi`).
     pub(super) fn pbkdf2(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
-        let mut u = hmac(password, &[salt, &1u32.to_be_bytes()].concat());
-        let mut out = u;
-        for _ in 1..iterations {
-            u = hmac(password, &u);
-            for (o, x) in out.iter_mut().zip(u) {
-                *o ^= x;
-            }
-        }
+        let mut out = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
         out
     }
 
