@@ -338,6 +338,53 @@ pub struct DeliveryConfig {
     pub delay_notify_secs: u64,
     /// How long a host that refused a connection is skipped, seconds. Default 60.
     pub remember_refused_secs: u64,
+    /// TCP port for MX and implicit-MX delivery. Default 25; change it only
+    /// for a test network or a provider that redirects outbound port 25.
+    pub mx_port: u16,
+    /// How long an idle outbound connection is kept for the next message to
+    /// the same host, seconds. Default 10.
+    pub connection_idle_secs: u64,
+    /// SMTP client timeouts (`[delivery.timeouts]`).
+    pub timeouts: ClientTimeoutsConfig,
+}
+
+/// `[delivery.timeouts]`: how long the SMTP client waits, in seconds. The
+/// defaults are RFC 5321 §4.5.3.2's; a peer slower than these is treated as
+/// a temporary failure and retried later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTimeoutsConfig {
+    /// TCP connect. Default 30.
+    pub connect_secs: u64,
+    /// The initial 220 greeting. Default 300.
+    pub greeting_secs: u64,
+    /// EHLO, STARTTLS, AUTH, RSET and QUIT. Default 300.
+    pub command_secs: u64,
+    /// MAIL FROM. Default 300.
+    pub mail_secs: u64,
+    /// Each RCPT TO. Default 300.
+    pub rcpt_secs: u64,
+    /// The 354 reply to DATA. Default 120.
+    pub data_init_secs: u64,
+    /// Writing each block of message data. Default 180.
+    pub data_block_secs: u64,
+    /// The reply to the final dot (or last BDAT). Default 600.
+    pub data_term_secs: u64,
+}
+
+impl Default for ClientTimeoutsConfig {
+    fn default() -> Self {
+        ClientTimeoutsConfig {
+            connect_secs: 30,
+            greeting_secs: 300,
+            command_secs: 300,
+            mail_secs: 300,
+            rcpt_secs: 300,
+            data_init_secs: 120,
+            data_block_secs: 180,
+            data_term_secs: 600,
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -353,6 +400,9 @@ impl Default for DeliveryConfig {
             first_mx_5xx_is_final: true,
             delay_notify_secs: 14_400,
             remember_refused_secs: 60,
+            mx_port: 25,
+            connection_idle_secs: 10,
+            timeouts: ClientTimeoutsConfig::default(),
         }
     }
 }

@@ -47,7 +47,10 @@ pub use model::{
     AccountStatus, AdminRole, BodyType, DomainStatus, DsnReturn, Envelope, Notify, Principal,
     Protocol, QueueId, Quota, QuotaUsage, Recipient, SessionInfo, TlsInfo,
 };
-pub use queue::{AttemptLog, QueueEntry, QueueError, QueueState, QueueStore, RecipientStatus};
+pub use queue::{
+    AttemptLog, EnqueueOptions, Priority, QueueEntry, QueueError, QueueState, QueueStore,
+    RecipientStatus,
+};
 pub use store::{
     AppendOutcome, ChangeFeed, DeliveryTarget, Flag, FlagOp, FlagUpdate, Flags, MailStore,
     MailboxChange, MailboxId, MailboxInfo, MessageMeta, ModSeq, SpecialUse, StoreError, Uid,

@@ -17,7 +17,7 @@ use crate::directory::{
     Directory, DirectoryError, DomainSettings, MailingList, Resolution, Unavailability,
 };
 use crate::model::{AccountStatus, DomainStatus, Principal, Protocol, QueueId, Quota, QuotaUsage};
-use crate::queue::{QueueEntry, QueueError, QueueState, QueueStore, RecipientStatus};
+use crate::queue::{EnqueueOptions, QueueEntry, QueueError, QueueState, QueueStore};
 use crate::sasl::ScramCredentials;
 use crate::store::{
     AppendOutcome, ChangeFeed, DeliveryTarget, Flag, FlagOp, FlagUpdate, Flags,
@@ -877,26 +877,17 @@ impl MemoryQueue {
 
 #[async_trait]
 impl QueueStore for MemoryQueue {
-    async fn enqueue(
+    async fn enqueue_with(
         &self,
         envelope: crate::model::Envelope,
         message: Bytes,
         now: i64,
+        options: &EnqueueOptions,
     ) -> Result<QueueId, QueueError> {
         let mut data = lock(&self.data);
         data.next_id += 1;
         let id = QueueId(data.next_id);
-        let entry = QueueEntry {
-            id,
-            status: vec![RecipientStatus::Pending; envelope.recipients.len()],
-            envelope,
-            state: QueueState::Active,
-            created: now,
-            next_attempt: now,
-            attempts: 0,
-            size: message.len() as u64,
-            log: Vec::new(),
-        };
+        let entry = QueueEntry::new(id, envelope, message.len() as u64, now, options);
         data.entries.insert(id, (entry, message));
         Ok(id)
     }
@@ -913,7 +904,7 @@ impl QueueStore for MemoryQueue {
             })
             .cloned()
             .collect();
-        due.sort_by_key(|e| (e.next_attempt, e.id));
+        due.sort_by_key(|e| (std::cmp::Reverse(e.priority), e.next_attempt, e.id));
         due.truncate(limit);
         Ok(due)
     }

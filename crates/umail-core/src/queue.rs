@@ -31,6 +31,81 @@ pub enum QueueState {
     Failed,
 }
 
+/// How urgently a queued message is sent. When more entries are due than
+/// there are outbound connections, higher priorities leave first; within a
+/// priority the entry waiting longest leaves first.
+///
+/// Ordered `Low < Normal < High`. Stored queues written before priorities
+/// existed read as `Normal`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Bulk mail: list traffic, `Precedence: bulk`, mass mailings.
+    Low,
+    /// Everything else.
+    #[default]
+    Normal,
+    /// Marked urgent by the sender or an operator.
+    High,
+}
+
+impl Priority {
+    /// The lower-case name used in the CLI, the admin API and the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+
+    /// Parses `low`, `normal` or `high` (any case).
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s.to_ascii_lowercase().as_str() {
+            "low" => Some(Priority::Low),
+            "normal" => Some(Priority::Normal),
+            "high" => Some(Priority::High),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a new entry enters the queue: see [`QueueStore::enqueue_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EnqueueOptions {
+    /// Scheduling priority.
+    pub priority: Priority,
+    /// `Some(reason)` stores the entry in the held queue (outbound approval,
+    /// quarantine) in the same commit, with the reason as its first
+    /// attempt-log line, so no crash can let it leave unapproved.
+    pub hold: Option<String>,
+}
+
+impl EnqueueOptions {
+    /// Default options with the given priority.
+    pub fn with_priority(priority: Priority) -> EnqueueOptions {
+        EnqueueOptions {
+            priority,
+            hold: None,
+        }
+    }
+
+    /// Sets the entry to be held, with the reason the operator will see.
+    pub fn held(mut self, reason: impl Into<String>) -> EnqueueOptions {
+        self.hold = Some(reason.into());
+        self
+    }
+}
+
 /// Delivery status of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientStatus {
@@ -85,30 +160,83 @@ pub struct QueueEntry {
     pub size: u64,
     /// Attempt history (bounded by the implementation).
     pub log: Vec<AttemptLog>,
+    /// Scheduling priority.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+impl QueueEntry {
+    /// A new entry as `enqueue_with` stores it: every recipient pending,
+    /// due at `now`, active or (with `options.hold`) held.
+    pub fn new(
+        id: QueueId,
+        envelope: Envelope,
+        size: u64,
+        now: i64,
+        options: &EnqueueOptions,
+    ) -> QueueEntry {
+        let (state, log) = match &options.hold {
+            Some(reason) => (
+                QueueState::Held,
+                vec![AttemptLog {
+                    at: now,
+                    host: None,
+                    result: format!("held: {reason}"),
+                }],
+            ),
+            None => (QueueState::Active, Vec::new()),
+        };
+        QueueEntry {
+            id,
+            status: vec![RecipientStatus::Pending; envelope.recipients.len()],
+            envelope,
+            state,
+            created: now,
+            next_attempt: now,
+            attempts: 0,
+            size,
+            log,
+            priority: options.priority,
+        }
+    }
 }
 
 /// The durable outbound queue.
 ///
 /// # Contract for implementors
 ///
-/// * `enqueue` returns only after the entry and the message content are
-///   durable; a crash afterwards never loses it, and a crash before leaves
-///   nothing behind.
+/// * `enqueue_with` returns only after the entry and the message content
+///   are durable; a crash afterwards never loses it, and a crash before
+///   leaves nothing behind. A held entry is held from its first commit.
 /// * `update` replaces the entry atomically; `remove` deletes entry and
 ///   content together.
 /// * Entries in `Held` or `Failed` state are never returned by `due`.
 #[async_trait]
 pub trait QueueStore: Send + Sync {
-    /// Stores a new message for delivery and returns its id.
+    /// Stores a new message for delivery and returns its id. The entry is
+    /// built by [`QueueEntry::new`].
+    async fn enqueue_with(
+        &self,
+        envelope: Envelope,
+        message: Bytes,
+        now: i64,
+        options: &EnqueueOptions,
+    ) -> Result<QueueId, QueueError>;
+
+    /// Stores a new message for immediate delivery at normal priority.
     async fn enqueue(
         &self,
         envelope: Envelope,
         message: Bytes,
         now: i64,
-    ) -> Result<QueueId, QueueError>;
+    ) -> Result<QueueId, QueueError> {
+        self.enqueue_with(envelope, message, now, &EnqueueOptions::default())
+            .await
+    }
 
     /// Entries in `Active` or `Deferred` state whose next attempt is at or
-    /// before `now`, oldest first, at most `limit`.
+    /// before `now`, at most `limit`: highest [`Priority`] first, and within
+    /// a priority the earliest next attempt first.
     async fn due(&self, now: i64, limit: usize) -> Result<Vec<QueueEntry>, QueueError>;
 
     /// One entry.

@@ -45,6 +45,9 @@ pub struct DsnRecipient {
     pub remote_mta: Option<String>,
     /// The remote reply, `smtp;550 5.1.1 ...`.
     pub diagnostic: Option<String>,
+    /// For `delayed`: Unix time after which the MTA gives up
+    /// (`Will-Retry-Until`, RFC 3464 §2.3.8).
+    pub will_retry_until: Option<i64>,
 }
 
 /// Everything a DSN needs.
@@ -201,6 +204,11 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
             out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", clean(d)));
         }
         out.push_str(&format!("Last-Attempt-Date: {}\r\n", now.to_rfc2822()));
+        if let Some(until) = r.will_retry_until
+            && r.action == DsnAction::Delayed
+        {
+            out.push_str(&format!("Will-Retry-Until: {}\r\n", rfc2822(until)));
+        }
     }
     out.push_str("\r\n");
 
@@ -268,6 +276,7 @@ mod tests {
                 status: "5.1.1".into(),
                 remote_mta: Some("mx.example.net".into()),
                 diagnostic: Some("550 5.1.1 no such user".into()),
+                will_retry_until: Some(1_700_400_000),
             }],
         });
         let msg = MessageParser::default().parse(&dsn[..]).unwrap();
@@ -282,6 +291,10 @@ mod tests {
         assert!(text.contains("Original-Recipient: rfc822;bob@example.net"));
         assert!(text.contains("Original-Envelope-Id: ENV1"));
         assert!(text.contains("Status: 5.1.1"));
+        assert!(
+            !text.contains("Will-Retry-Until"),
+            "only delayed reports say when retrying ends"
+        );
         assert!(!text.contains("secret body"), "RET default is headers only");
         let body = msg.body_text(0).unwrap();
         assert!(body.contains("could not be delivered") && body.contains("未能投递"));

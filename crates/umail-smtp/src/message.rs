@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use umail_core::{Address, ReversePath, TlsInfo};
+use umail_core::{Address, Priority, ReversePath, TlsInfo};
 
 /// Length of the header section including the empty line that ends it
 /// (the whole message when there is no body).
@@ -43,6 +43,68 @@ pub fn count_received(message: &[u8]) -> usize {
     header_starts(message)
         .filter(|(_, l)| !l.starts_with(b" ") && !l.starts_with(b"\t") && is_field(l, "Received"))
         .count()
+}
+
+/// The unfolded value of the first `name` field, trimmed.
+fn header_value(message: &[u8], name: &str) -> Option<String> {
+    let mut value: Option<Vec<u8>> = None;
+    for (_, line) in header_starts(message) {
+        let continuation = line.starts_with(b" ") || line.starts_with(b"\t");
+        match &mut value {
+            Some(v) if continuation => v.extend_from_slice(line.trim_ascii()),
+            Some(_) => break,
+            None if !continuation && is_field(line, name) => {
+                let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
+                value = Some(line[colon + 1..].trim_ascii().to_vec());
+            }
+            None => {}
+        }
+    }
+    value.map(|v| String::from_utf8_lossy(&v).trim().to_ascii_lowercase())
+}
+
+/// The queue priority a message asks for in its header.
+///
+/// Bulk markers (`Precedence: bulk`, `list` or `junk`, RFC 2076 §3.9) and
+/// low-priority markers always count: lowering is safe. Raising to `High`
+/// (`Priority: urgent`, RFC 2156; `Importance: high`; `X-Priority: 1` or
+/// `2`) counts only when `may_raise`, which the SMTP policy sets for
+/// authenticated submissions, so mail arriving from outside cannot jump
+/// ahead of local users' mail.
+pub fn priority_of(message: &[u8], may_raise: bool) -> Priority {
+    if let Some(p) = header_value(message, "Precedence")
+        && matches!(p.as_str(), "bulk" | "list" | "junk")
+    {
+        return Priority::Low;
+    }
+    let mut asked = Priority::Normal;
+    if let Some(p) = header_value(message, "Priority") {
+        match p.as_str() {
+            "urgent" => asked = Priority::High,
+            "non-urgent" => return Priority::Low,
+            _ => {}
+        }
+    }
+    if let Some(p) = header_value(message, "Importance") {
+        match p.as_str() {
+            "high" => asked = Priority::High,
+            "low" => return Priority::Low,
+            _ => {}
+        }
+    }
+    // "1 (Highest)", "2 (High)", "4 (Low)", "5 (Lowest)".
+    if let Some(p) = header_value(message, "X-Priority") {
+        match p.bytes().next() {
+            Some(b'1' | b'2') => asked = Priority::High,
+            Some(b'4' | b'5') => return Priority::Low,
+            _ => {}
+        }
+    }
+    if asked == Priority::High && !may_raise {
+        Priority::Normal
+    } else {
+        asked
+    }
 }
 
 /// Makes a header value safe to put on one line (no CR/LF or controls).
@@ -194,6 +256,32 @@ pub fn received_header(info: &ReceivedInfo<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn priority_from_headers_raises_only_when_trusted() {
+        let p = |m: &str, trusted| priority_of(m.as_bytes(), trusted);
+        assert_eq!(
+            p("Subject: x\r\n\r\nX-Priority: 1\r\n", true),
+            Priority::Normal
+        );
+        assert_eq!(p("X-Priority: 1 (Highest)\r\n\r\nb", true), Priority::High);
+        assert_eq!(
+            p("X-Priority: 1 (Highest)\r\n\r\nb", false),
+            Priority::Normal
+        );
+        assert_eq!(p("importance:  HIGH\r\n\r\n", true), Priority::High);
+        assert_eq!(p("Priority:\r\n urgent\r\n\r\n", true), Priority::High);
+        assert_eq!(p("X-Priority: 5\r\n\r\n", false), Priority::Low);
+        assert_eq!(p("Importance: low\r\n\r\n", false), Priority::Low);
+        assert_eq!(p("Priority: non-urgent\r\n\r\n", false), Priority::Low);
+        // Bulk wins over an urgent marker.
+        assert_eq!(
+            p("X-Priority: 1\r\nPrecedence: bulk\r\n\r\n", true),
+            Priority::Low
+        );
+        assert_eq!(p("Precedence: first-class\r\n\r\n", true), Priority::Normal);
+        assert_eq!(p("X-Priority-Note: 1\r\n\r\n", true), Priority::Normal);
+    }
 
     #[test]
     fn counts_received_fields_in_header_only() {

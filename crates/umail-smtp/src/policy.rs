@@ -33,8 +33,8 @@ use bytes::Bytes;
 use umail_core::sasl::{AuthStep, Authenticator, SaslError};
 use umail_core::store::INBOX;
 use umail_core::{
-    Action, Address, DeliveryTarget, Disposition, Flag, Flags, MessageData, Protocol, QueueId,
-    QueueState, Recipient, Reply, Resolution, Services, Verdict,
+    Action, Address, DeliveryTarget, Disposition, EnqueueOptions, Flag, Flags, MessageData,
+    Protocol, QueueId, Recipient, Reply, Resolution, Services, Verdict,
 };
 
 use crate::message::{ReceivedInfo, header_line, received_header, return_path, tag_subject};
@@ -498,6 +498,7 @@ impl Policy {
 
         // Message-level actions.
         let (mut message, mailbox, copies) = apply_actions(&base, &marks.actions);
+        let priority = crate::message::priority_of(&message, session.principal().is_some());
         drop(parsed);
 
         // Targets, deduplicated: local accounts and remote addresses.
@@ -550,7 +551,8 @@ impl Policy {
                 .collect();
             all.extend(remotes);
             tracing::info!(target: "smtp.in", id = %id_text, reason = %why, "message held for approval");
-            return match self.enqueue(envelope, all, &message, true).await {
+            let options = EnqueueOptions::with_priority(priority).held(why);
+            return match self.enqueue(envelope, all, &message, &options).await {
                 Ok(_) => ok,
                 Err(r) => r,
             };
@@ -646,8 +648,11 @@ impl Policy {
         // Remote recipients and local retries: one queue entry.
         remotes.extend(retry);
         if !remotes.is_empty() {
-            let held = quarantine_all;
-            if let Err(r) = self.enqueue(envelope, remotes, &message, held).await {
+            let mut options = EnqueueOptions::with_priority(priority);
+            if let Some(why) = &marks.quarantine {
+                options = options.held(format!("quarantined: {why}"));
+            }
+            if let Err(r) = self.enqueue(envelope, remotes, &message, &options).await {
                 return r;
             }
         }
@@ -661,34 +666,23 @@ impl Policy {
         envelope: &umail_core::Envelope,
         recipients: Vec<Recipient>,
         message: &[u8],
-        held: bool,
+        options: &EnqueueOptions,
     ) -> Result<QueueId, Reply> {
         let mut env = envelope.clone();
         env.recipients = recipients;
-        let q = &self.services.queue;
-        let id = q
-            .enqueue(env, Bytes::copy_from_slice(message), umail_core::unix_now())
+        self.services
+            .queue
+            .enqueue_with(
+                env,
+                Bytes::copy_from_slice(message),
+                umail_core::unix_now(),
+                options,
+            )
             .await
             .map_err(|e| {
                 tracing::warn!(target: "smtp.in", error = %e, "queue failure");
                 temp_store()
-            })?;
-        if held {
-            // The trait has no "enqueue held"; the entry is moved to Held
-            // right after. See the crate README for the crash window.
-            match q.get(id).await {
-                Ok(Some(mut entry)) => {
-                    entry.state = QueueState::Held;
-                    if q.update(&entry).await.is_err() {
-                        tracing::warn!(target: "smtp.in", queue_id = %id, "could not hold queued message");
-                    }
-                }
-                _ => {
-                    tracing::warn!(target: "smtp.in", queue_id = %id, "could not hold queued message")
-                }
-            }
-        }
-        Ok(id)
+            })
     }
 }
 

@@ -1001,6 +1001,10 @@ async fn filter_verdicts_at_each_stage() {
         held[0].envelope.recipients[0].address,
         addr("alice@example.com")
     );
+    // Held from its first commit, with the filter's reason for the operator.
+    assert_eq!(held[0].attempts, 0);
+    assert_eq!(held[0].log.len(), 1);
+    assert_eq!(held[0].log[0].result, "held: approval");
 }
 
 #[tokio::test]

@@ -284,9 +284,9 @@ fn check_queue(tx: Tx<'_>, p: &mut Problems) -> Result<(), DbErr> {
         content.insert(k);
         Ok(true)
     })?;
-    let mut due: BTreeSet<(i64, u64)> = BTreeSet::new();
-    tx.scan_all(QUEUE_DUE, |k, _| {
-        due.insert(k);
+    let mut due: BTreeMap<(i64, u64), u8> = BTreeMap::new();
+    tx.scan_all(QUEUE_DUE, |k, rank| {
+        due.insert(k, rank);
         Ok(true)
     })?;
     let last = tx.meta("queue_id")?;
@@ -303,12 +303,21 @@ fn check_queue(tx: Tx<'_>, p: &mut Problems) -> Result<(), DbErr> {
         if e.status.len() != e.envelope.recipients.len() {
             p.add(format!("queue {id}: status count differs from recipients"));
         }
-        let indexed = due.contains(&(e.next_attempt, *id));
+        let indexed = due.get(&(e.next_attempt, *id));
         let should = matches!(e.state, QueueState::Active | QueueState::Deferred);
-        if indexed != should {
+        if indexed.is_some() != should {
             p.add(format!(
-                "queue {id}: due index {indexed}, state {:?}",
+                "queue {id}: due index {}, state {:?}",
+                indexed.is_some(),
                 e.state
+            ));
+        }
+        if let Some(rank) = indexed
+            && *rank != crate::queue::priority_rank(e.priority)
+        {
+            p.add(format!(
+                "queue {id}: due index rank {rank}, priority {}",
+                e.priority
             ));
         }
     }
@@ -317,7 +326,7 @@ fn check_queue(tx: Tx<'_>, p: &mut Problems) -> Result<(), DbErr> {
             p.add(format!("queue {id}: content without entry"));
         }
     }
-    for (at, id) in &due {
+    for (at, id) in due.keys() {
         if entries.get(id).is_none_or(|e| e.next_attempt != *at) {
             p.add(format!("queue {id}: stale due index at {at}"));
         }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use umail_core::{
-    Envelope, QueueEntry, QueueError, QueueId, QueueState, QueueStore, RecipientStatus,
+    EnqueueOptions, Envelope, Priority, QueueEntry, QueueError, QueueId, QueueState, QueueStore,
 };
 
 use crate::Store;
@@ -34,10 +34,25 @@ fn get_entry(tx: Tx<'_>, id: u64) -> Result<Option<QueueEntry>, DbErr> {
     tx.get_json(QUEUE, id)
 }
 
+/// The due index maps `(next_attempt, id)` to the priority rank, so `due`
+/// can order by priority from the index alone. Indexes written before
+/// priorities existed hold 1, which is `Normal`.
+pub(crate) fn priority_rank(p: Priority) -> u8 {
+    match p {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+    }
+}
+
 fn put_entry(ctx: &mut Ctx<'_>, entry: &QueueEntry) -> Result<(), DbErr> {
     ctx.put_json(QUEUE, entry.id.0, entry)?;
     if is_due_state(entry.state) {
-        ctx.put(QUEUE_DUE, (entry.next_attempt, entry.id.0), 1u8)?;
+        ctx.put(
+            QUEUE_DUE,
+            (entry.next_attempt, entry.id.0),
+            priority_rank(entry.priority),
+        )?;
     }
     Ok(())
 }
@@ -56,25 +71,23 @@ impl Store {
 
 #[async_trait]
 impl QueueStore for Store {
-    async fn enqueue(
+    async fn enqueue_with(
         &self,
         envelope: Envelope,
         message: Bytes,
         now: i64,
+        options: &EnqueueOptions,
     ) -> Result<QueueId, QueueError> {
+        let options = options.clone();
         self.write(qerr, move |ctx| {
             let id = ctx.next_counter("queue_id")?;
-            let entry = QueueEntry {
-                id: QueueId(id),
-                status: vec![RecipientStatus::Pending; envelope.recipients.len()],
-                envelope: envelope.clone(),
-                state: QueueState::Active,
-                created: now,
-                next_attempt: now,
-                attempts: 0,
-                size: message.len() as u64,
-                log: Vec::new(),
-            };
+            let entry = QueueEntry::new(
+                QueueId(id),
+                envelope.clone(),
+                message.len() as u64,
+                now,
+                &options,
+            );
             ctx.put(QUEUE_CONTENT, id, message.as_ref())?;
             put_entry(ctx, &entry)?;
             tracing::debug!(target: "queue", id = %entry.id, "queued");
@@ -89,13 +102,20 @@ impl QueueStore for Store {
             return Ok(Vec::new());
         }
         self.queue_read(|tx| {
-            let mut ids = Vec::new();
-            tx.scan(QUEUE_DUE, ..=(now, u64::MAX), |(_, id), _| {
-                ids.push(id);
-                Ok(ids.len() < limit)
+            // Every due key is read (keys only, cheap) so that a high-priority
+            // entry is found behind any backlog of older ones.
+            let mut keys: Vec<(std::cmp::Reverse<u8>, i64, u64)> = Vec::new();
+            tx.scan(QUEUE_DUE, ..=(now, u64::MAX), |(at, id), rank| {
+                keys.push((std::cmp::Reverse(rank), at, id));
+                Ok(true)
             })?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
+            if keys.len() > limit {
+                keys.select_nth_unstable(limit);
+                keys.truncate(limit);
+            }
+            keys.sort_unstable();
+            let mut out = Vec::with_capacity(keys.len());
+            for (_, _, id) in keys {
                 if let Some(e) = get_entry(tx, id)?
                     && is_due_state(e.state)
                 {

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use umail_core::{
-    Address, AttemptLog, Envelope, QueueError, QueueId, QueueState, QueueStore, Recipient,
-    RecipientStatus, ReversePath,
+    Address, AttemptLog, EnqueueOptions, Envelope, Priority, QueueError, QueueId, QueueState,
+    QueueStore, Recipient, RecipientStatus, ReversePath,
 };
 use umail_store::{MAX_ATTEMPT_LOG, Store};
 
@@ -141,4 +141,108 @@ async fn queue_survives_reopen_and_ids_keep_increasing() {
         .await
         .unwrap();
     assert!(second > first);
+}
+
+#[tokio::test]
+async fn due_orders_by_priority_then_age_even_behind_a_backlog() {
+    let store = Store::open_in_memory().unwrap();
+    let mut normal = Vec::new();
+    for at in 0..20 {
+        normal.push(
+            store
+                .enqueue(
+                    envelope(&["x@remote.example"]),
+                    Bytes::from_static(b"n"),
+                    at,
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let low = store
+        .enqueue_with(
+            envelope(&["x@remote.example"]),
+            Bytes::from_static(b"l"),
+            0,
+            &EnqueueOptions::with_priority(Priority::Low),
+        )
+        .await
+        .unwrap();
+    let high_late = store
+        .enqueue_with(
+            envelope(&["x@remote.example"]),
+            Bytes::from_static(b"h"),
+            90,
+            &EnqueueOptions::with_priority(Priority::High),
+        )
+        .await
+        .unwrap();
+    let high_early = store
+        .enqueue_with(
+            envelope(&["x@remote.example"]),
+            Bytes::from_static(b"h"),
+            80,
+            &EnqueueOptions::with_priority(Priority::High),
+        )
+        .await
+        .unwrap();
+    let ids = |v: Vec<umail_core::QueueEntry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    // Twenty older normal entries do not hide the urgent ones.
+    assert_eq!(
+        ids(store.due(100, 3).await.unwrap()),
+        vec![high_early, high_late, normal[0]]
+    );
+    let all = ids(store.due(100, 100).await.unwrap());
+    assert_eq!(all.len(), 23);
+    assert_eq!(all.last(), Some(&low), "low priority leaves last");
+    // Not yet due stays out whatever its priority.
+    assert_eq!(
+        ids(store.due(50, 2).await.unwrap()),
+        vec![normal[0], normal[1]]
+    );
+
+    // An operator lowers an entry: the index follows.
+    let mut e = store.get(high_early).await.unwrap().unwrap();
+    e.priority = Priority::Low;
+    store.update(&e).await.unwrap();
+    assert_eq!(ids(store.due(100, 1).await.unwrap()), vec![high_late]);
+    store.check_invariants().unwrap();
+}
+
+#[tokio::test]
+async fn held_at_enqueue_is_held_from_the_first_commit() {
+    let store = Store::open_in_memory().unwrap();
+    let id = store
+        .enqueue_with(
+            envelope(&["x@remote.example"]),
+            Bytes::from_static(b"m"),
+            7,
+            &EnqueueOptions::default().held("awaiting approval"),
+        )
+        .await
+        .unwrap();
+    let e = store.get(id).await.unwrap().unwrap();
+    assert_eq!(e.state, QueueState::Held);
+    assert_eq!(e.priority, Priority::Normal);
+    assert_eq!(e.log.len(), 1);
+    assert_eq!(e.log[0].result, "held: awaiting approval");
+    assert!(store.due(i64::MAX, 10).await.unwrap().is_empty());
+    store.check_invariants().unwrap();
+}
+
+#[test]
+fn entries_stored_before_priorities_read_as_normal() {
+    // A record as written before the field existed: today's encoding
+    // without "priority".
+    let mut record = serde_json::to_value(umail_core::QueueEntry::new(
+        QueueId(5),
+        envelope(&["x@remote.example"]),
+        1,
+        1,
+        &EnqueueOptions::with_priority(Priority::High),
+    ))
+    .unwrap();
+    assert!(record.as_object_mut().unwrap().remove("priority").is_some());
+    let e: umail_core::QueueEntry = serde_json::from_value(record).unwrap();
+    assert_eq!(e.priority, Priority::Normal);
 }

@@ -121,7 +121,6 @@ pub async fn bench(args: DeliveryBenchArgs) -> Result<()> {
         store.clone(),
         router,
         cfg,
-        super::client_timeouts(),
     ));
     let (trigger, shutdown) = shutdown_channel();
     let start = Instant::now();

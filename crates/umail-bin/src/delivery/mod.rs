@@ -10,8 +10,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use umail_core::config::Config;
-use umail_core::{QueueEntry, QueueId, QueueState, RecipientStatus, Services, Shutdown};
-use umail_smtp::client::Timeouts;
+use umail_core::{Priority, QueueEntry, QueueId, QueueState, RecipientStatus, Services, Shutdown};
 use umail_smtp::routing::{HickoryDns, Router, SmartHost};
 use umail_store::Store;
 use umail_store::dkim::DkimKeyRecord;
@@ -19,10 +18,6 @@ use umail_store::dkim::DkimKeyRecord;
 use crate::admin::{AdminReply, Output};
 
 pub use bench::bench;
-
-/// Overrides every SMTP client timeout, in seconds (tests, benches). The
-/// RFC 5321 §4.5.3.2 defaults apply otherwise.
-pub const TIMEOUT_ENV: &str = "UMAIL_SMTP_CLIENT_TIMEOUT_SECS";
 
 /// `umail queue ...`
 #[derive(Debug, Subcommand)]
@@ -60,6 +55,14 @@ pub enum QueueCmd {
     Delete {
         /// Queue id.
         id: String,
+    },
+    /// Change an entry's priority: high entries leave before normal ones,
+    /// normal before low.
+    Priority {
+        /// Queue id.
+        id: String,
+        /// `high`, `normal` or `low`.
+        priority: String,
     },
 }
 
@@ -136,6 +139,13 @@ pub enum DeliveryRequest {
         /// Id.
         id: String,
     },
+    /// Set the priority.
+    QueuePriority {
+        /// Id.
+        id: String,
+        /// The new priority.
+        priority: Priority,
+    },
     /// Generate a DKIM key.
     DkimGenerate {
         /// The domain.
@@ -176,6 +186,12 @@ pub fn queue_request(cmd: QueueCmd) -> Result<DeliveryRequest> {
         QueueCmd::Hold { id } => DeliveryRequest::QueueHold { id },
         QueueCmd::Release { id } => DeliveryRequest::QueueRelease { id },
         QueueCmd::Delete { id } => DeliveryRequest::QueueDelete { id },
+        QueueCmd::Priority { id, priority } => DeliveryRequest::QueuePriority {
+            id,
+            priority: Priority::parse(&priority).ok_or_else(|| {
+                anyhow::anyhow!("unknown priority {priority:?}: use high, normal or low")
+            })?,
+        },
     })
 }
 
@@ -231,13 +247,15 @@ pub async fn execute(store: &Store, request: DeliveryRequest) -> AdminReply {
     match request {
         DeliveryRequest::QueueList { state } => {
             let mut entries = store.list(state).await.map_err(|e| e.to_string())?;
-            entries.sort_by_key(|e| (e.created, e.id));
+            // The order in which they will leave.
+            entries.sort_by_key(|e| (std::cmp::Reverse(e.priority), e.next_attempt, e.id));
             let rows = entries
                 .iter()
                 .map(|e| {
                     vec![
                         e.id.to_string(),
                         state_name(e.state).into(),
+                        e.priority.to_string(),
                         e.envelope.reverse_path.to_string(),
                         e.envelope
                             .recipients
@@ -256,6 +274,7 @@ pub async fn execute(store: &Store, request: DeliveryRequest) -> AdminReply {
                 columns: [
                     "id",
                     "queue",
+                    "priority",
                     "from",
                     "to",
                     "size",
@@ -273,6 +292,7 @@ pub async fn execute(store: &Store, request: DeliveryRequest) -> AdminReply {
             let mut fields = vec![
                 ("id".to_string(), e.id.to_string()),
                 ("queue".into(), state_name(e.state).into()),
+                ("priority".into(), e.priority.to_string()),
                 ("from".into(), e.envelope.reverse_path.to_string()),
                 ("size".into(), e.size.to_string()),
                 ("queued".into(), time(e.created)),
@@ -291,10 +311,13 @@ pub async fn execute(store: &Store, request: DeliveryRequest) -> AdminReply {
             Ok(Output::Record { fields })
         }
         DeliveryRequest::QueueFlush { id, domain } => {
-            let targets = match id {
+            let mut targets = match id {
                 Some(id) => vec![entry(store, &id).await?],
                 None => store.list(None).await.map_err(|e| e.to_string())?,
             };
+            // The runner starts on the first entry made due while the rest
+            // are still being rescheduled: make the most urgent due first.
+            targets.sort_by_key(|e| (std::cmp::Reverse(e.priority), e.next_attempt, e.id));
             let mut n = 0;
             for mut e in targets {
                 if !matches!(e.state, QueueState::Active | QueueState::Deferred) {
@@ -348,6 +371,14 @@ pub async fn execute(store: &Store, request: DeliveryRequest) -> AdminReply {
             store.remove(e.id).await.map_err(|e| e.to_string())?;
             Ok(Output::Done {
                 message: format!("{id} deleted"),
+            })
+        }
+        DeliveryRequest::QueuePriority { id, priority } => {
+            let mut e = entry(store, &id).await?;
+            e.priority = priority;
+            store.update(&e).await.map_err(|e| e.to_string())?;
+            Ok(Output::Done {
+                message: format!("{id} priority {priority}"),
             })
         }
         DeliveryRequest::DkimGenerate { domain, selector } => {
@@ -413,17 +444,6 @@ fn dkim_output(domain: &str, selector: &str, txt: &str) -> Output {
     }
 }
 
-/// Client timeouts: RFC defaults, or all set from [`TIMEOUT_ENV`].
-pub fn client_timeouts() -> Timeouts {
-    match std::env::var(TIMEOUT_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        Some(s) if s > 0 => Timeouts::uniform(std::time::Duration::from_secs(s)),
-        _ => Timeouts::default(),
-    }
-}
-
 /// Builds the router for a configuration.
 pub fn router(config: &Config) -> Result<Router> {
     let dns = HickoryDns::new(&config.dns).map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
@@ -431,11 +451,9 @@ pub fn router(config: &Config) -> Result<Router> {
         Some(url) => Some(SmartHost::parse(url).map_err(|e| anyhow::anyhow!(e))?),
         None => None,
     };
-    Ok(Router::new(
-        config.delivery.route.clone(),
-        smart,
-        Arc::new(dns),
-    ))
+    let mut router = Router::new(config.delivery.route.clone(), smart, Arc::new(dns));
+    router.mx_port = config.delivery.mx_port;
+    Ok(router)
 }
 
 /// Starts the queue runner of `umail serve`.
@@ -452,7 +470,6 @@ pub fn spawn_runner(config: &Config, store: Store, services: Services, shutdown:
         store,
         router,
         config.delivery.clone(),
-        client_timeouts(),
     ));
     tokio::spawn(runner.run(shutdown));
 }

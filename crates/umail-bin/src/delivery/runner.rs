@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use umail_core::config::{DeliveryConfig, DeliveryMode};
 use umail_core::store::INBOX;
 use umail_core::{
-    AttemptLog, DeliveryTarget, Envelope, Flags, QueueEntry, QueueState, Recipient,
+    AttemptLog, DeliveryTarget, EnqueueOptions, Envelope, Flags, QueueEntry, QueueState, Recipient,
     RecipientStatus, Resolution, ReversePath, Services, Shutdown,
 };
 use umail_smtp::client::{ClientError, ClientSettings, RcptOutcome, SmtpConnection, Timeouts};
@@ -21,8 +21,6 @@ use umail_smtp::dsn::{DsnAction, DsnInput, DsnRecipient};
 use umail_smtp::routing::{Hop, RouteError, Router};
 use umail_store::Store;
 
-/// How long an idle pooled connection is kept.
-pub const IDLE_KEEP: Duration = Duration::from_secs(10);
 /// The queue is polled at least this often (new, flushed and released
 /// entries wake the runner at once through `QueueStore::wait_for_work`).
 pub const POLL: Duration = Duration::from_millis(500);
@@ -42,7 +40,26 @@ pub struct Runner {
     pool: Mutex<HashMap<SocketAddr, Vec<(SmtpConnection, Instant)>>>,
     refused: Mutex<HashMap<SocketAddr, Instant>>,
     in_flight: Mutex<HashSet<u64>>,
+    /// Signalled when an entry finishes and its connection slot is free.
+    slot_freed: tokio::sync::Notify,
     dkim: Mutex<(Instant, HashMap<String, DkimKey>)>,
+}
+
+/// An entry being delivered. Dropping it (also when delivery panics) frees
+/// the entry for the next pass and the connection slot for the next entry.
+struct Slot {
+    runner: Arc<Runner>,
+    id: u64,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.runner.in_flight).remove(&self.id);
+        // Released before the wake-up, so the woken pass sees the free slot.
+        drop(self.permit.take());
+        self.runner.slot_freed.notify_one();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -59,24 +76,19 @@ enum Outcome {
 
 impl Runner {
     /// A runner over the services with the given routing.
-    pub fn new(
-        services: Services,
-        store: Store,
-        router: Router,
-        cfg: DeliveryConfig,
-        timeouts: Timeouts,
-    ) -> Runner {
+    pub fn new(services: Services, store: Store, router: Router, cfg: DeliveryConfig) -> Runner {
         Runner {
+            timeouts: Timeouts::from(&cfg.timeouts),
             global: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
             services,
             store,
             router,
             cfg,
-            timeouts,
             per_host: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            slot_freed: tokio::sync::Notify::new(),
             dkim: Mutex::new((Instant::now() - Duration::from_secs(3600), HashMap::new())),
         }
     }
@@ -90,6 +102,7 @@ impl Runner {
             self.tick().await;
             tokio::select! {
                 _ = self.services.queue.wait_for_work(POLL) => {}
+                _ = self.slot_freed.notified() => {}
                 _ = shutdown.wait() => break,
             }
         }
@@ -98,14 +111,23 @@ impl Runner {
 
     async fn tick(self: &Arc<Self>) {
         {
+            let idle_keep = Duration::from_secs(self.cfg.connection_idle_secs);
             let mut pool = lock(&self.pool);
             for conns in pool.values_mut() {
-                conns.retain(|(_, t)| t.elapsed() < IDLE_KEEP);
+                conns.retain(|(_, t)| t.elapsed() < idle_keep);
             }
             pool.retain(|_, v| !v.is_empty());
         }
+        // Take only as many entries as there are free slots, so that the
+        // next free slot goes to whatever is most urgent at that moment (a
+        // high-priority message queued behind a backlog leaves next).
+        let free = self.global.available_permits();
+        if free == 0 {
+            return;
+        }
+        let busy = lock(&self.in_flight).len();
         let now = umail_core::unix_now();
-        let due = match self.services.queue.due(now, 1000).await {
+        let due = match self.services.queue.due(now, free + busy).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(target: "queue", error = %e, "cannot read the queue");
@@ -113,18 +135,21 @@ impl Runner {
             }
         };
         for entry in due {
-            if !lock(&self.in_flight).insert(entry.id.0) {
+            if lock(&self.in_flight).contains(&entry.id.0) {
                 continue;
             }
-            let Ok(permit) = Arc::clone(&self.global).acquire_owned().await else {
-                return;
+            let Ok(permit) = Arc::clone(&self.global).try_acquire_owned() else {
+                break;
             };
-            let me = Arc::clone(self);
+            lock(&self.in_flight).insert(entry.id.0);
+            let slot = Slot {
+                runner: Arc::clone(self),
+                id: entry.id.0,
+                permit: Some(permit),
+            };
             tokio::spawn(async move {
-                let id = entry.id.0;
-                me.process(entry).await;
-                lock(&me.in_flight).remove(&id);
-                drop(permit);
+                slot.runner.process(entry).await;
+                drop(slot);
             });
         }
     }
@@ -368,7 +393,13 @@ impl Runner {
                     && delay_ok
                     && !r.notify.never
                 {
-                    report.push(dsn_rcpt(r, DsnAction::Delayed, reply, host_of(&entry, i)));
+                    let mut delayed = dsn_rcpt(r, DsnAction::Delayed, reply, host_of(&entry, i));
+                    delayed.will_retry_until = Some(
+                        entry
+                            .created
+                            .saturating_add_unsigned(self.cfg.max_queue_age_secs),
+                    );
+                    report.push(delayed);
                 }
             }
             entry.log.push(AttemptLog {
@@ -393,6 +424,14 @@ impl Runner {
                 .unwrap_or(300);
             entry.next_attempt = now + step as i64;
             entry.state = QueueState::Deferred;
+            // An operator may have held the entry or changed its priority
+            // while it was being delivered: their decision stands.
+            if let Ok(Some(current)) = q.get(entry.id).await {
+                entry.priority = current.priority;
+                if current.state == QueueState::Held {
+                    entry.state = QueueState::Held;
+                }
+            }
             if let Err(e) = q.update(&entry).await {
                 tracing::warn!(target: "queue", id = %entry.id, error = %e, "cannot reschedule");
             }
@@ -435,7 +474,13 @@ impl Runner {
         match self
             .services
             .queue
-            .enqueue(env, Bytes::from(dsn), umail_core::unix_now())
+            .enqueue_with(
+                env,
+                Bytes::from(dsn),
+                umail_core::unix_now(),
+                // A bounce of bulk mail stays bulk.
+                &EnqueueOptions::with_priority(entry.priority),
+            )
             .await
         {
             Ok(id) => {
@@ -773,5 +818,6 @@ fn dsn_rcpt(r: &Recipient, action: DsnAction, reply: &str, host: Option<String>)
         status,
         remote_mta: host,
         diagnostic: Some(reply.to_string()),
+        will_retry_until: None,
     }
 }

@@ -17,7 +17,8 @@ use umail_core::{Envelope, Recipient};
 use super::protocol::{self, Capabilities};
 use super::reply::{ReplyParser, ServerReply};
 
-/// Timeouts of one client session. Defaults follow RFC 5321 §4.5.3.2.
+/// Timeouts of one client session. The defaults are those of
+/// `[delivery.timeouts]` (RFC 5321 §4.5.3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// TCP connect.
@@ -40,15 +41,24 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
+        Timeouts::from(&umail_core::config::ClientTimeoutsConfig::default())
+    }
+}
+
+impl From<&umail_core::config::ClientTimeoutsConfig> for Timeouts {
+    /// The `[delivery.timeouts]` settings; a zero is raised to one second
+    /// so that no operation waits forever or fails at once.
+    fn from(c: &umail_core::config::ClientTimeoutsConfig) -> Timeouts {
+        let secs = |s: u64| Duration::from_secs(s.max(1));
         Timeouts {
-            connect: Duration::from_secs(30),
-            greeting: Duration::from_secs(300),
-            command: Duration::from_secs(300),
-            mail: Duration::from_secs(300),
-            rcpt: Duration::from_secs(300),
-            data_init: Duration::from_secs(120),
-            data_block: Duration::from_secs(180),
-            data_term: Duration::from_secs(600),
+            connect: secs(c.connect_secs),
+            greeting: secs(c.greeting_secs),
+            command: secs(c.command_secs),
+            mail: secs(c.mail_secs),
+            rcpt: secs(c.rcpt_secs),
+            data_init: secs(c.data_init_secs),
+            data_block: secs(c.data_block_secs),
+            data_term: secs(c.data_term_secs),
         }
     }
 }
