@@ -1,13 +1,16 @@
 //! End-to-end outbound delivery through the real `umail` binary: umail to
 //! umail over a static route (read back by POP3, DKIM-signed), a scripted
 //! SMTP peer (4xx then 2xx, 5xx for one of two recipients, 5xx after DATA,
-//! a dropped connection), DSNs parsed back with mail-parser, the queue CLI,
-//! a SIGKILL during a delivery burst, and Postfix as a real peer MTA.
+//! a dropped connection, a stalled peer), DSNs parsed back with mail-parser
+//! (failed, delayed, success), MX routing through a loopback DNS responder,
+//! queue priorities, the queue CLI, a SIGKILL during a delivery burst, and
+//! Postfix as a real peer MTA.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -187,6 +190,8 @@ enum Script {
     Drop,
     /// Answer the final dot only after a pause.
     Slow,
+    /// Never answer MAIL FROM: wait 5 s, then close.
+    Stall,
 }
 
 #[derive(Default)]
@@ -260,6 +265,10 @@ fn serve_peer(
                 scripts(r.mails - 1)
             };
             if script == Script::Drop {
+                return;
+            }
+            if script == Script::Stall {
+                std::thread::sleep(Duration::from_secs(5));
                 return;
             }
             "250 2.1.0 ok\r\n".into()
@@ -937,4 +946,255 @@ fn refused_destination_is_remembered_and_deferred() {
     assert!(show.contains("4.4.1"), "{show}");
     sender.umail_ok(&["queue", "delete", &id]);
     assert!(queue_ids(&sender, None).is_empty());
+}
+
+/// The Message-IDs of the peer's accepted messages, in arrival order.
+fn message_ids(peer: &Peer) -> Vec<String> {
+    peer.messages()
+        .iter()
+        .map(|(_, m)| {
+            let start = m.find("Message-ID: <").expect("Message-ID") + 13;
+            m[start..start + m[start..].find('>').unwrap()].to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn higher_priority_leaves_first_and_operators_can_change_it() {
+    let open = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&open);
+    let peer = Peer::start(move |_| {
+        if gate.load(Ordering::SeqCst) {
+            Script::Normal
+        } else {
+            Script::TempRcpt
+        }
+    });
+    // One connection at a time and no automatic retry: the delivery order
+    // below is decided by priority alone.
+    let mut sender = TestServer::start_with(&format!(
+        "[delivery]\nretry_intervals_secs = [3600]\nmax_connections = 1\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
+        peer.port
+    ));
+    setup(&sender, "example.com", &["alice"]);
+    let add_header = |h: &str| format!("msg = b\"{h}\\r\\n\" + msg");
+    submit(&sender, &["bob@peer.test"], "normal-1@example.com", "");
+    submit(&sender, &["bob@peer.test"], "normal-2@example.com", "");
+    submit(
+        &sender,
+        &["bob@peer.test"],
+        "urgent@example.com",
+        &add_header("X-Priority: 1 (Highest)"),
+    );
+    submit(
+        &sender,
+        &["bob@peer.test"],
+        "bulk@example.com",
+        &add_header("Precedence: bulk"),
+    );
+    wait_until("all four to be deferred", || {
+        queue_ids(&sender, Some("deferred")).len() == 4
+    });
+    let list = sender.umail_ok(&["queue", "list"]);
+    let priority_of = |list: &str, mid_index: usize| {
+        // Rows are id, queue, priority, ...; ids ascend with submission.
+        let mut rows: Vec<(String, String)> = list
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let id = w.next()?;
+                (id.len() == 16).then(|| (id.to_string(), w.nth(1).unwrap_or("").to_string()))
+            })
+            .collect();
+        rows.sort();
+        rows[mid_index].1.clone()
+    };
+    assert_eq!(priority_of(&list, 0), "normal", "{list}");
+    assert_eq!(priority_of(&list, 2), "high", "{list}");
+    assert_eq!(priority_of(&list, 3), "low", "{list}");
+    // The operator raises the second normal message.
+    let mut ids = queue_ids(&sender, None);
+    ids.sort();
+    let out = sender.umail_ok(&["queue", "priority", &ids[1], "high"]);
+    assert!(out.contains("priority high"), "{out}");
+    assert!(
+        sender
+            .umail_ok(&["queue", "show", &ids[1]])
+            .contains("high")
+    );
+    let bad = sender.umail(&["queue", "priority", &ids[1], "urgentest"]);
+    assert!(!bad.status.success());
+
+    // Flushed while the server is stopped, so that all four are due at
+    // once when the runner starts: the order is the runner's choice.
+    assert!(sender.terminate().success());
+    sender.umail_ok(&["queue", "flush"]);
+    open.store(true, Ordering::SeqCst);
+    sender.spawn();
+    wait_until("all four delivered", || peer.messages().len() == 4);
+    let order = message_ids(&peer);
+    let mut first_two = order[..2].to_vec();
+    first_two.sort();
+    assert_eq!(
+        first_two,
+        ["normal-2@example.com", "urgent@example.com"],
+        "{order:?}"
+    );
+    assert_eq!(
+        order[2..],
+        ["normal-1@example.com", "bulk@example.com"],
+        "{order:?}"
+    );
+    wait_queue_settled(&sender);
+}
+
+#[test]
+fn delayed_dsn_is_sent_once_while_retrying() {
+    let peer = Peer::start(|_| Script::TempRcpt);
+    let mut sender = TestServer::start_with(&format!(
+        "[delivery]\nretry_intervals_secs = [1]\ndelay_notify_secs = 1\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
+        peer.port
+    ));
+    setup(&sender, "example.com", &["alice"]);
+    submit(&sender, &["bob@peer.test"], "slowly@example.com", "");
+    wait_until("the delay notice", || {
+        let ids = queue_ids(&sender, Some("deferred"));
+        ids.len() == 1
+            && sender
+                .umail_ok(&["queue", "show", &ids[0]])
+                .contains("delay DSN sent")
+    });
+    // Several more attempts after the notice: still only one notice.
+    let seen = peer.transactions();
+    wait_until("two more attempts", || peer.transactions() >= seen + 2);
+    let id = queue_ids(&sender, Some("deferred")).remove(0);
+    sender.umail_ok(&["queue", "delete", &id]);
+    wait_queue_settled(&sender);
+    let inbox = inbox(&mut sender, "alice@example.com");
+    assert_eq!(inbox.len(), 1, "exactly one delay notice");
+    let dsn = &inbox[0];
+    let parsed = MessageParser::default().parse(&dsn[..]).unwrap();
+    assert!(
+        parsed.subject().unwrap().starts_with("Delayed Mail"),
+        "{:?}",
+        parsed.subject()
+    );
+    let status = delivery_status(dsn);
+    let groups = recipient_fields(&status);
+    assert_eq!(groups.len(), 1, "{status}");
+    assert_eq!(field(&groups[0], "action"), "delayed");
+    assert_eq!(
+        field(&groups[0], "final-recipient"),
+        "rfc822; bob@peer.test"
+    );
+    assert!(field(&groups[0], "status").starts_with("4."), "{status}");
+    assert!(
+        field(&groups[0], "diagnostic-code").contains("451"),
+        "{status}"
+    );
+    // Five days (the default maximum age) after arrival.
+    let until = chrono::DateTime::parse_from_rfc2822(field(&groups[0], "will-retry-until"))
+        .expect("Will-Retry-Until is a date");
+    let arrival = chrono::DateTime::parse_from_rfc2822(
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Arrival-Date: "))
+            .expect("Arrival-Date"),
+    )
+    .unwrap();
+    assert_eq!((until - arrival).num_seconds(), 5 * 24 * 3600);
+    assert!(peer.messages().is_empty());
+}
+
+#[test]
+fn stalled_peer_times_out_and_the_retry_delivers_once() {
+    let peer = Peer::start(|n| {
+        if n == 0 {
+            Script::Stall
+        } else {
+            Script::Normal
+        }
+    });
+    let sender = TestServer::start_with(&format!(
+        "[delivery]\nretry_intervals_secs = [1]\n\n[delivery.timeouts]\nmail_secs = 1\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
+        peer.port
+    ));
+    setup(&sender, "example.com", &["alice"]);
+    submit(&sender, &["bob@peer.test"], "stalled@example.com", "");
+    wait_until("the retry to deliver", || !peer.messages().is_empty());
+    wait_queue_settled(&sender);
+    assert_eq!(message_ids(&peer), ["stalled@example.com"]);
+    assert_eq!(peer.transactions(), 2, "one stalled attempt, one delivery");
+}
+
+#[test]
+fn mx_routing_through_dns_with_fallback_implicit_mx_null_mx_and_failures() {
+    use common::dns::{self, Answer, a, mx};
+    let peer = Peer::start(|_| Script::Normal);
+    // The peer listens on 127.0.0.1 only: 127.0.0.2 refuses connections.
+    let ns = dns::start(|name, qtype| {
+        let recs = match name {
+            "mx.test" => vec![mx(10, "down.mx.test"), mx(20, "up.mx.test")],
+            "down.mx.test" => vec![a([127, 0, 0, 2])],
+            "up.mx.test" => vec![a([127, 0, 0, 1])],
+            "amx.test" => vec![a([127, 0, 0, 1])],
+            "null.test" => vec![mx(0, ".")],
+            "broken.test" => return Answer::ServFail,
+            _ => return Answer::NxDomain,
+        };
+        dns::only(recs, qtype)
+    });
+    let mut sender = TestServer::start_with(&format!(
+        "[delivery]\nretry_intervals_secs = [3600]\nmx_port = {}\n\n[dns]\nnameservers = [\"{ns}\"]\ntimeout_secs = 2\n",
+        peer.port
+    ));
+    setup(&sender, "example.com", &["alice"]);
+    submit(
+        &sender,
+        &[
+            "bob@mx.test",
+            "carol@amx.test",
+            "dave@null.test",
+            "erin@nx.test",
+            "frank@broken.test",
+        ],
+        "dns@example.com",
+        "",
+    );
+    wait_until("the MX and implicit-MX copies", || {
+        peer.messages().len() == 2
+    });
+    wait_until("the DNS failure to be deferred", || {
+        let ids = queue_ids(&sender, Some("deferred"));
+        ids.len() == 1
+            && sender
+                .umail_ok(&["queue", "show", &ids[0]])
+                .contains("frank@broken.test")
+    });
+    let id = queue_ids(&sender, Some("deferred")).remove(0);
+    let show = sender.umail_ok(&["queue", "show", &id]);
+    assert!(show.contains("deferred: 451 4.4.3"), "{show}");
+    assert!(show.contains("bob@mx.test"), "{show}");
+    let mut rcpts: Vec<String> = peer.messages().into_iter().flat_map(|(r, _)| r).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["bob@mx.test", "carol@amx.test"]);
+
+    sender.umail_ok(&["queue", "delete", &id]);
+    let inbox = inbox(&mut sender, "alice@example.com");
+    assert_eq!(inbox.len(), 1, "one DSN for both unroutable domains");
+    let status = delivery_status(&inbox[0]);
+    let groups = recipient_fields(&status);
+    assert_eq!(groups.len(), 2, "{status}");
+    for g in &groups {
+        assert_eq!(field(g, "action"), "failed");
+    }
+    let by = |who: &str| {
+        groups
+            .iter()
+            .find(|g| field(g, "final-recipient").contains(who))
+            .unwrap_or_else(|| panic!("{who} in {status}"))
+    };
+    // RFC 7505 §4.2: null MX is 5.1.10; a domain that does not exist 5.1.2.
+    assert_eq!(field(by("dave@null.test"), "status"), "5.1.10");
+    assert_eq!(field(by("erin@nx.test"), "status"), "5.1.2");
 }

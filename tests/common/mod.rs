@@ -2,6 +2,8 @@
 //! ephemeral loopback ports and drives it with real clients.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -5,59 +5,13 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::UdpSocket;
 use umail_core::config::{DnsConfig, RouteConfig};
 use umail_smtp::client::TlsPolicy;
 use umail_smtp::routing::{HickoryDns, RouteError, Router, SmartHost};
 
-fn encode_name(name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for label in name
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    out
-}
-
-fn decode_question(q: &[u8]) -> Option<(String, u16, usize)> {
-    let mut i = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = *q.get(i)? as usize;
-        i += 1;
-        if len == 0 {
-            break;
-        }
-        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
-        i += len;
-    }
-    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
-    Some((labels.join("."), qtype, i + 4))
-}
-
-enum Answer {
-    Records(Vec<(u16, Vec<u8>)>),
-    NxDomain,
-    ServFail,
-}
-
-const A: u16 = 1;
-const MX: u16 = 15;
-
-fn mx(pref: u16, host: &str) -> (u16, Vec<u8>) {
-    let mut d = pref.to_be_bytes().to_vec();
-    d.extend(encode_name(host));
-    (MX, d)
-}
-
-fn a(ip: [u8; 4]) -> (u16, Vec<u8>) {
-    (A, ip.to_vec())
-}
+#[path = "../../../tests/common/dns.rs"]
+mod dns;
+use dns::{Answer, a, mx};
 
 fn zone(name: &str, qtype: u16) -> Answer {
     let recs = match name {
@@ -77,50 +31,11 @@ fn zone(name: &str, qtype: u16) -> Answer {
         "dangling.test" => vec![mx(10, "nowhere.gone.test")],
         _ => return Answer::NxDomain,
     };
-    Answer::Records(recs.into_iter().filter(|(t, _)| *t == qtype).collect())
-}
-
-async fn responder() -> SocketAddr {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        loop {
-            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
-                return;
-            };
-            let q = &buf[..n];
-            let Some((name, qtype, qend)) = decode_question(q) else {
-                continue;
-            };
-            let mut resp = q[..qend].to_vec();
-            resp.truncate(qend);
-            // QR=1, opcode copied, AA=1, RD copied, RA=1.
-            resp[2] = 0x84 | (q[2] & 0x01);
-            let (rcode, records) = match zone(&name, qtype) {
-                Answer::Records(r) => (0u8, r),
-                Answer::NxDomain => (3, Vec::new()),
-                Answer::ServFail => (2, Vec::new()),
-            };
-            resp[3] = 0x80 | rcode;
-            resp[6..8].copy_from_slice(&(records.len() as u16).to_be_bytes());
-            resp[8..12].copy_from_slice(&[0, 0, 0, 0]); // no authority, no additional (drops EDNS)
-            for (t, data) in records {
-                resp.extend_from_slice(&[0xC0, 0x0C]);
-                resp.extend_from_slice(&t.to_be_bytes());
-                resp.extend_from_slice(&1u16.to_be_bytes());
-                resp.extend_from_slice(&60u32.to_be_bytes());
-                resp.extend_from_slice(&(data.len() as u16).to_be_bytes());
-                resp.extend_from_slice(&data);
-            }
-            let _ = sock.send_to(&resp, peer).await;
-        }
-    });
-    addr
+    dns::only(recs, qtype)
 }
 
 async fn router(routes: Vec<RouteConfig>, smart: Option<SmartHost>) -> Router {
-    let ns = responder().await;
+    let ns = dns::start(zone);
     let dns = HickoryDns::new(&DnsConfig {
         nameservers: vec![ns],
         timeout_secs: 2,
