@@ -16,6 +16,7 @@
 //!   [`grammar`] (the RFC 9051 `body` and `envelope` productions).
 //! * [`search`]: SEARCH evaluation on MIME-decoded text (GB2312/GBK/Big5
 //!   aware through mail-parser).
+//! * [`sort`]: SORT / THREAD ordering and threading (RFC 5256, RFC 5957).
 //! * [`server`]: the tokio driver — [`ImapServer::serve_connection`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@ pub mod mime;
 pub mod search;
 pub mod server;
 pub mod session;
+pub mod sort;
 
 pub use mime::fuzz_mime;
 pub use server::{ImapServer, ListenerMode};

@@ -104,6 +104,12 @@ impl<'a> Content<'a> {
             msg: raw.and_then(|r| MessageParser::default().parse(r)),
         }
     }
+
+    /// The parsed message, when there was content and it parsed (SORT
+    /// reuses the parse SEARCH already made).
+    pub fn message(&self) -> Option<&Message<'a>> {
+        self.msg.as_ref()
+    }
 }
 
 fn lower(b: &[u8]) -> String {

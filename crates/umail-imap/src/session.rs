@@ -18,11 +18,12 @@ use umail_core::{
 
 use crate::codec::{
     self, CommandBody, FetchAttr, FrameEvent, ListReturn, ListSelect, Partial, ResponseBuf,
-    SearchKey, SearchReturn, Section, SectionText, SelectParams, SequenceSet, Status, StatusItem,
-    StoreMode, flag_list, utf7,
+    SearchKey, SearchReturn, Section, SectionText, SelectParams, SequenceSet, SortCriterion,
+    Status, StatusItem, StoreMode, ThreadAlgorithm, flag_list, utf7,
 };
 use crate::mime;
 use crate::search;
+use crate::sort;
 
 /// The session's protocol state (RFC 9051 §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +183,27 @@ impl Done {
             code: None,
             text: text.into(),
         }
+    }
+}
+
+/// One message matched by the search criteria of SEARCH, SORT or THREAD.
+struct Hit {
+    seq: u32,
+    uid: Uid,
+    modseq: ModSeq,
+    info: sort::SortMessage,
+}
+
+/// RFC 9051 §6.4.4 / RFC 5256 §3: UTF-8 and US-ASCII are supported; any
+/// other charset gets `NO [BADCHARSET (...)]` listing them.
+fn check_charset(charset: &str) -> Result<(), Done> {
+    if matches!(charset, "UTF-8" | "US-ASCII" | "UTF8") {
+        Ok(())
+    } else {
+        Err(Done::no(
+            Some("BADCHARSET (UTF-8 US-ASCII)"),
+            "Unsupported charset",
+        ))
     }
 }
 
@@ -460,6 +482,22 @@ impl Session {
         ] {
             caps.push(c.into());
         }
+        // RFC 5256 §1 / RFC 5267 / RFC 5957: only meaningful once a mailbox
+        // can be selected, so advertised after authentication only.
+        if matches!(
+            self.state,
+            SessionState::Authenticated | SessionState::Selected
+        ) {
+            for c in [
+                "SORT",
+                "SORT=DISPLAY",
+                "THREAD=ORDEREDSUBJECT",
+                "THREAD=REFERENCES",
+                "ESORT",
+            ] {
+                caps.push(c.into());
+            }
+        }
         caps.push(format!("APPENDLIMIT={}", self.config.append_limit));
         caps.join(" ")
     }
@@ -555,12 +593,15 @@ impl Session {
         };
         let tag = cmd.tag.clone();
         tracing::debug!(target: "imap", session = self.info.session_id, command = cmd.body.name(), "command");
-        // RFC 9051 §7.5.1: no EXPUNGE during FETCH, STORE or SEARCH (non-UID).
+        // RFC 9051 §7.5.1: no EXPUNGE during FETCH, STORE or SEARCH (non-UID);
+        // SORT and THREAD answer with sequence numbers just like SEARCH.
         let allow_expunge = !matches!(
             cmd.body,
             CommandBody::Fetch { uid: false, .. }
                 | CommandBody::Store { uid: false, .. }
                 | CommandBody::Search { uid: false, .. }
+                | CommandBody::Sort { uid: false, .. }
+                | CommandBody::Thread { uid: false, .. }
         );
         let done = self.execute(&tag, cmd.body).await;
         let Some(done) = done else {
@@ -737,6 +778,22 @@ impl Session {
                 charset,
                 criteria,
             } if selected => self.search(tag, uid, returns, charset, criteria).await,
+            CommandBody::Sort {
+                uid,
+                returns,
+                sort,
+                charset,
+                criteria,
+            } if selected => {
+                self.sort(tag, uid, returns, &sort, &charset, criteria)
+                    .await
+            }
+            CommandBody::Thread {
+                uid,
+                algorithm,
+                charset,
+                criteria,
+            } if selected => self.thread(uid, algorithm, &charset, criteria).await,
             CommandBody::Fetch {
                 uid,
                 set,
@@ -2096,46 +2153,41 @@ impl Session {
         }
     }
 
-    async fn search(
-        &mut self,
-        tag: &str,
-        uid: bool,
-        returns: Option<Vec<SearchReturn>>,
-        charset: Option<String>,
-        criteria: SearchKey,
-    ) -> Done {
-        // RFC 9051 §6.4.4: UTF-8 and US-ASCII are supported.
-        if let Some(cs) = &charset
-            && !matches!(cs.as_str(), "UTF-8" | "US-ASCII" | "UTF8")
-        {
-            return Done::no(Some("BADCHARSET (UTF-8 US-ASCII)"), "Unsupported charset");
-        }
+    /// The messages of the selected mailbox matching `criteria`, in
+    /// sequence order — the one evaluation loop behind SEARCH, SORT and
+    /// THREAD, so all three match identically. With `headers`, each hit
+    /// gets the header fields of its [`sort::SortMessage`] from the same
+    /// parse when the criteria needed content, and from the header block
+    /// otherwise; without, only its metadata (enough for ARRIVAL / SIZE).
+    async fn matching(&self, criteria: &SearchKey, headers: bool) -> Vec<Hit> {
         let account = self.account();
         let Some(sel) = self.selected.as_ref() else {
-            return Done::bad("No mailbox selected");
+            return Vec::new();
         };
-        let needs_content = search::needs_content(&criteria);
+        let needs_content = search::needs_content(criteria);
         let ctx = search::SearchContext {
             exists: sel.msgs.len() as u32,
             max_uid: sel.max_uid(),
             saved: &self.saved_search,
         };
-        let needs_body = search::needs_body(&criteria);
+        let needs_body = search::needs_body(criteria);
         // Keys of the top-level AND that need no content are checked first,
         // so that `UID 900:* SUBJECT x` loads only the messages it can match.
-        let cheap: Vec<&SearchKey> = match &criteria {
+        let cheap: Vec<&SearchKey> = match criteria {
             SearchKey::And(keys) if needs_content => {
                 keys.iter().filter(|k| !search::needs_content(k)).collect()
             }
+            _ if !needs_content => vec![criteria],
             _ => Vec::new(),
         };
-        let mut hits: Vec<(u32, Uid, ModSeq)> = Vec::new();
+        let mut hits: Vec<Hit> = Vec::new();
         for (i, m) in sel.msgs.iter().enumerate() {
             if m.expunged {
                 continue;
             }
+            let seq = i as u32 + 1;
             let cand = search::Candidate {
-                seq: i as u32 + 1,
+                seq,
                 uid: m.uid,
                 flags: &m.flags,
                 modseq: m.modseq,
@@ -2148,7 +2200,7 @@ impl Session {
             {
                 continue;
             }
-            let raw = if needs_content {
+            let raw = if needs_content || headers {
                 self.services
                     .store
                     .message_content(&account, sel.id, m.uid)
@@ -2167,10 +2219,43 @@ impl Session {
                 }
             });
             let mut content = search::Content::new(text);
-            if search::matches(&criteria, &cand, &ctx, &mut content) {
-                hits.push((i as u32 + 1, m.uid, m.modseq));
+            if needs_content && !search::matches(criteria, &cand, &ctx, &mut content) {
+                continue;
             }
+            let parsed = if headers { content.message() } else { None };
+            let info = sort::SortMessage::new(seq, m.uid, m.internal_date, m.size, parsed);
+            hits.push(Hit {
+                seq,
+                uid: m.uid,
+                modseq: m.modseq,
+                info,
+            });
         }
+        hits
+    }
+
+    async fn search(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        returns: Option<Vec<SearchReturn>>,
+        charset: Option<String>,
+        criteria: SearchKey,
+    ) -> Done {
+        if let Some(cs) = &charset
+            && let Err(d) = check_charset(cs)
+        {
+            return d;
+        }
+        if self.selected.is_none() {
+            return Done::bad("No mailbox selected");
+        }
+        let hits: Vec<(u32, Uid, ModSeq)> = self
+            .matching(&criteria, false)
+            .await
+            .into_iter()
+            .map(|h| (h.seq, h.uid, h.modseq))
+            .collect();
         let with_modseq = search::uses_modseq(&criteria);
         if with_modseq {
             self.enabled.condstore = true;
@@ -2239,6 +2324,120 @@ impl Session {
             }
         }
         Done::ok("SEARCH completed")
+    }
+
+    /// `[UID] SORT` (RFC 5256 §3) and its ESORT form (RFC 5267 §3).
+    async fn sort(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        returns: Option<Vec<SearchReturn>>,
+        criteria: &[SortCriterion],
+        charset: &str,
+        search_keys: SearchKey,
+    ) -> Done {
+        if let Err(d) = check_charset(charset) {
+            return d;
+        }
+        let hits = self
+            .matching(&search_keys, sort::needs_header(criteria))
+            .await;
+        let with_modseq = search::uses_modseq(&search_keys);
+        if with_modseq {
+            self.enabled.condstore = true;
+        }
+        let max_modseq = hits.iter().map(|h| h.modseq).max();
+        let mut msgs: Vec<sort::SortMessage> = hits.into_iter().map(|h| h.info).collect();
+        sort::sort(&mut msgs, criteria);
+        let numbers: Vec<u32> = msgs
+            .iter()
+            .map(|m| if uid { m.uid } else { m.seq })
+            .collect();
+        match returns {
+            None => {
+                let mut line = String::from("SORT");
+                for n in &numbers {
+                    line.push_str(&format!(" {n}"));
+                }
+                // RFC 7162 §3.1.5: a MODSEQ search key adds the highest MODSEQ.
+                if let (true, Some(m)) = (with_modseq, max_modseq) {
+                    line.push_str(&format!(" (MODSEQ {m})"));
+                }
+                self.out.untagged(&line);
+            }
+            Some(mut opts) => {
+                if opts.is_empty() {
+                    opts.push(SearchReturn::All);
+                }
+                if opts.contains(&SearchReturn::Save) {
+                    // RFC 5182 §2.4: the saved result is the set of messages.
+                    let mut uids: Vec<Uid> = msgs.iter().map(|m| m.uid).collect();
+                    uids.sort_unstable();
+                    self.saved_search = uids;
+                }
+                if opts.iter().any(|o| *o != SearchReturn::Save) {
+                    let mut line = String::from("ESEARCH (TAG ");
+                    let mut q = ResponseBuf::new();
+                    q.string(tag.as_bytes());
+                    line.push_str(&String::from_utf8_lossy(&q.take()));
+                    line.push(')');
+                    if uid {
+                        line.push_str(" UID");
+                    }
+                    // RFC 5267 §3.2: MIN and MAX are the first and last
+                    // message in sort order, ALL lists them in sort order.
+                    if opts.contains(&SearchReturn::Min)
+                        && let Some(m) = numbers.first()
+                    {
+                        line.push_str(&format!(" MIN {m}"));
+                    }
+                    if opts.contains(&SearchReturn::Max)
+                        && let Some(m) = numbers.last()
+                    {
+                        line.push_str(&format!(" MAX {m}"));
+                    }
+                    if opts.contains(&SearchReturn::Count) {
+                        line.push_str(&format!(" COUNT {}", numbers.len()));
+                    }
+                    if opts.contains(&SearchReturn::All) && !numbers.is_empty() {
+                        line.push_str(&format!(" ALL {}", ordered_set_string(&numbers)));
+                    }
+                    if let (true, Some(m)) = (with_modseq, max_modseq) {
+                        line.push_str(&format!(" MODSEQ {m}"));
+                    }
+                    self.out.untagged(&line);
+                }
+            }
+        }
+        Done::ok("SORT completed")
+    }
+
+    /// `[UID] THREAD` (RFC 5256 §3, §4).
+    async fn thread(
+        &mut self,
+        uid: bool,
+        algorithm: ThreadAlgorithm,
+        charset: &str,
+        search_keys: SearchKey,
+    ) -> Done {
+        if let Err(d) = check_charset(charset) {
+            return d;
+        }
+        let hits = self.matching(&search_keys, true).await;
+        // Hits come in sequence order, which REFERENCES relies on for
+        // duplicate Message-IDs.
+        let msgs: Vec<sort::SortMessage> = hits.into_iter().map(|h| h.info).collect();
+        let threads = match algorithm {
+            ThreadAlgorithm::OrderedSubject => sort::thread_ordered_subject(&msgs),
+            ThreadAlgorithm::References => sort::thread_references(&msgs),
+        };
+        let list = threads.write(&msgs, |m| if uid { m.uid } else { m.seq });
+        if list.is_empty() {
+            self.out.untagged("THREAD");
+        } else {
+            self.out.untagged(&format!("THREAD {list}"));
+        }
+        Done::ok("THREAD completed")
     }
 
     async fn fetch(
@@ -2764,6 +2963,29 @@ fn ranges_string(ranges: &[(Uid, Uid)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Formats numbers as a sequence set that keeps their order (ESORT `ALL`,
+/// RFC 5267 §3.2): only ascending runs of consecutive numbers are joined
+/// (`3,1:2,7`), since a range has no order of its own.
+fn ordered_set_string(numbers: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let start = numbers[i];
+        let mut end = start;
+        while i + 1 < numbers.len() && end.checked_add(1) == Some(numbers[i + 1]) {
+            i += 1;
+            end = numbers[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
 }
 
 /// Formats numbers as a compact sequence set (`1:3,7`).

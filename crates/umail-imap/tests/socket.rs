@@ -102,6 +102,13 @@ a.append("INBOX", None, None, b"Subject: two\r\n\r\n2\r\n")
 a.append("INBOX", None, None, b"Subject: three\r\n\r\n3\r\n")
 typ, data = a.search(None, "ALL")
 assert data == [b"1 2"], data
+# SORT and THREAD are advertised only after login: refresh imaplib's list.
+a._get_capabilities()
+assert "SORT" in a.capabilities and "THREAD=REFERENCES" in a.capabilities, a.capabilities
+typ, data = a.sort("(SUBJECT)", "UTF-8", "ALL")
+assert typ == "OK" and data == [b"2 1"], data
+typ, data = a.thread("REFERENCES", "UTF-8", "ALL")
+assert typ == "OK" and data == [b"(1)(2)"], data
 a.store("1", "+FLAGS.SILENT", r"(\Deleted)")
 typ, data = a.expunge()
 # imaplib also kept the EXPUNGE that MOVE sent.

@@ -579,6 +579,8 @@ fn command_body(c: &mut Cursor<'_>) -> PResult<CommandBody> {
         }
         "APPEND" => append(c)?,
         "SEARCH" => search(c, false)?,
+        "SORT" => sort(c, false)?,
+        "THREAD" => thread(c, false)?,
         "FETCH" => fetch(c, false)?,
         "STORE" => store(c, false)?,
         "COPY" | "MOVE" => copy_move(c, false, name == "MOVE")?,
@@ -587,6 +589,8 @@ fn command_body(c: &mut Cursor<'_>) -> PResult<CommandBody> {
             let sub = c.keyword()?;
             match sub.as_str() {
                 "SEARCH" => search(c, true)?,
+                "SORT" => sort(c, true)?,
+                "THREAD" => thread(c, true)?,
                 "FETCH" => fetch(c, true)?,
                 "STORE" => store(c, true)?,
                 "COPY" | "MOVE" => copy_move(c, true, sub == "MOVE")?,
@@ -998,34 +1002,8 @@ fn fetch_att(c: &mut Cursor<'_>) -> PResult<FetchAttr> {
 // RFC 9051 §6.4.4, RFC 4731 / RFC 5182 return options
 fn search(c: &mut Cursor<'_>, uid: bool) -> PResult<CommandBody> {
     c.sp()?;
-    let mut returns = None;
+    let returns = search_return_opts(c)?;
     let mut charset = None;
-    let save = c.pos;
-    if c.eat_ci("RETURN ") {
-        c.expect(b'(')?;
-        let mut r = Vec::new();
-        if !c.eat(b')') {
-            loop {
-                let k = c.keyword()?;
-                r.push(match k.as_str() {
-                    "MIN" => SearchReturn::Min,
-                    "MAX" => SearchReturn::Max,
-                    "ALL" => SearchReturn::All,
-                    "COUNT" => SearchReturn::Count,
-                    "SAVE" => SearchReturn::Save,
-                    _ => return Err(format!("unknown search return option {k}")),
-                });
-                if c.eat(b')') {
-                    break;
-                }
-                c.sp()?;
-            }
-        }
-        returns = Some(r);
-        c.sp()?;
-    } else {
-        c.pos = save;
-    }
     let save = c.pos;
     if c.eat_ci("CHARSET ") {
         charset = Some(String::from_utf8_lossy(&c.astring()?).to_ascii_uppercase());
@@ -1033,6 +1011,51 @@ fn search(c: &mut Cursor<'_>, uid: bool) -> PResult<CommandBody> {
     } else {
         c.pos = save;
     }
+    let criteria = search_criteria(c)?;
+    Ok(CommandBody::Search {
+        uid,
+        returns,
+        charset,
+        criteria,
+    })
+}
+
+/// `[RETURN (opts) SP]`: the ESEARCH / ESORT return options (RFC 4731 §3.1,
+/// RFC 5267 §3.2), shared by SEARCH and SORT. `None` when absent.
+fn search_return_opts(c: &mut Cursor<'_>) -> PResult<Option<Vec<SearchReturn>>> {
+    let save = c.pos;
+    if !c.eat_ci("RETURN ") {
+        c.pos = save;
+        return Ok(None);
+    }
+    c.expect(b'(')?;
+    let mut r = Vec::new();
+    if !c.eat(b')') {
+        loop {
+            let k = c.keyword()?;
+            r.push(match k.as_str() {
+                "MIN" => SearchReturn::Min,
+                "MAX" => SearchReturn::Max,
+                "ALL" => SearchReturn::All,
+                "COUNT" => SearchReturn::Count,
+                "SAVE" => SearchReturn::Save,
+                _ => return Err(format!("unknown search return option {k}")),
+            });
+            if r.len() > 16 {
+                return Err("too many return options".into());
+            }
+            if c.eat(b')') {
+                break;
+            }
+            c.sp()?;
+        }
+    }
+    c.sp()?;
+    Ok(Some(r))
+}
+
+/// `1*(search-key)` separated by SP: the implicit AND of the top level.
+fn search_criteria(c: &mut Cursor<'_>) -> PResult<SearchKey> {
     let mut keys = vec![search_key(c, 0)?];
     while c.eat(b' ') {
         keys.push(search_key(c, 0)?);
@@ -1040,14 +1063,83 @@ fn search(c: &mut Cursor<'_>, uid: bool) -> PResult<CommandBody> {
             return Err("too many search keys".into());
         }
     }
-    let criteria = if keys.len() == 1 {
+    Ok(if keys.len() == 1 {
         keys.pop().unwrap_or(SearchKey::All)
     } else {
         SearchKey::And(keys)
-    };
-    Ok(CommandBody::Search {
+    })
+}
+
+/// `search-charset` of SORT and THREAD: mandatory, an astring.
+fn sort_charset(c: &mut Cursor<'_>) -> PResult<String> {
+    Ok(String::from_utf8_lossy(&c.astring()?).to_ascii_uppercase())
+}
+
+// RFC 5256 §5: sort = ["UID" SP] "SORT" SP sort-criteria SP search-criteria;
+// RFC 5267 §3.2 adds [search-return-opts] before the criteria.
+fn sort(c: &mut Cursor<'_>, uid: bool) -> PResult<CommandBody> {
+    c.sp()?;
+    let returns = search_return_opts(c)?;
+    c.expect(b'(')?;
+    let mut sort = Vec::new();
+    loop {
+        let mut k = c.keyword()?;
+        let reverse = k == "REVERSE";
+        if reverse {
+            c.sp()?;
+            k = c.keyword()?;
+        }
+        let key = match k.as_str() {
+            "ARRIVAL" => SortKey::Arrival,
+            "CC" => SortKey::Cc,
+            "DATE" => SortKey::Date,
+            "FROM" => SortKey::From,
+            "SIZE" => SortKey::Size,
+            "SUBJECT" => SortKey::Subject,
+            "TO" => SortKey::To,
+            "DISPLAYFROM" => SortKey::DisplayFrom,
+            "DISPLAYTO" => SortKey::DisplayTo,
+            _ => return Err(format!("unknown sort key {k}")),
+        };
+        sort.push(SortCriterion { reverse, key });
+        if sort.len() > 32 {
+            return Err("too many sort keys".into());
+        }
+        if c.eat(b')') {
+            break;
+        }
+        c.sp()?;
+    }
+    c.sp()?;
+    let charset = sort_charset(c)?;
+    c.sp()?;
+    let criteria = search_criteria(c)?;
+    Ok(CommandBody::Sort {
         uid,
         returns,
+        sort,
+        charset,
+        criteria,
+    })
+}
+
+// RFC 5256 §5: thread = ["UID" SP] "THREAD" SP thread-alg SP search-charset
+// 1*(SP search-key)
+fn thread(c: &mut Cursor<'_>, uid: bool) -> PResult<CommandBody> {
+    c.sp()?;
+    let alg = c.keyword()?;
+    let algorithm = match alg.as_str() {
+        "ORDEREDSUBJECT" => ThreadAlgorithm::OrderedSubject,
+        "REFERENCES" => ThreadAlgorithm::References,
+        _ => return Err(format!("unknown threading algorithm {alg}")),
+    };
+    c.sp()?;
+    let charset = sort_charset(c)?;
+    c.sp()?;
+    let criteria = search_criteria(c)?;
+    Ok(CommandBody::Thread {
+        uid,
+        algorithm,
         charset,
         criteria,
     })
@@ -1317,6 +1409,79 @@ mod tests {
         bad("a SEARCH SINCE 31-Feb-2024\r\n");
         p("a SEARCH SUBJECT {6}\r\n中文\r\n");
         p("a SEARCH MODSEQ \"/flags/\\\\draft\" all 620162338\r\n");
+    }
+
+    #[test]
+    fn sort_and_thread() {
+        let c = p(
+            "a UID SORT RETURN (MIN ALL) (REVERSE DATE subject DISPLAYFROM) utf-8 SINCE 1-Feb-2024 NOT SEEN\r\n",
+        );
+        let CommandBody::Sort {
+            uid,
+            returns,
+            sort,
+            charset,
+            criteria,
+        } = c.body
+        else {
+            panic!()
+        };
+        assert!(uid);
+        assert_eq!(returns, Some(vec![SearchReturn::Min, SearchReturn::All]));
+        assert_eq!(
+            sort,
+            vec![
+                SortCriterion {
+                    reverse: true,
+                    key: SortKey::Date
+                },
+                SortCriterion {
+                    reverse: false,
+                    key: SortKey::Subject
+                },
+                SortCriterion {
+                    reverse: false,
+                    key: SortKey::DisplayFrom
+                },
+            ]
+        );
+        assert_eq!(charset, "UTF-8");
+        assert!(matches!(criteria, SearchKey::And(k) if k.len() == 2));
+        let c = p("a SORT (ARRIVAL) \"US-ASCII\" ALL\r\n");
+        assert!(matches!(c.body, CommandBody::Sort { returns: None, .. }));
+        let c = p("a THREAD REFERENCES UTF-8 SUBJECT {6}\r\n中文\r\n");
+        assert!(matches!(
+            c.body,
+            CommandBody::Thread {
+                uid: false,
+                algorithm: ThreadAlgorithm::References,
+                ..
+            }
+        ));
+        let c = p("a UID THREAD orderedsubject UTF-8 ALL\r\n");
+        assert!(matches!(
+            c.body,
+            CommandBody::Thread {
+                uid: true,
+                algorithm: ThreadAlgorithm::OrderedSubject,
+                ..
+            }
+        ));
+        bad("a SORT (DATE) ALL\r\n");
+        bad("a SORT DATE UTF-8 ALL\r\n");
+        bad("a SORT () UTF-8 ALL\r\n");
+        bad("a SORT (REVERSE) UTF-8 ALL\r\n");
+        bad("a SORT (DATE) UTF-8\r\n");
+        bad("a THREAD X UTF-8 ALL\r\n");
+        bad("a THREAD REFERENCES UTF-8 \r\n");
+        let many = format!("a SORT ({}) UTF-8 ALL\r\n", vec!["DATE"; 40].join(" "));
+        bad(&many);
+        let deep = format!(
+            "a SORT (DATE) UTF-8 {}ALL{}\r\n",
+            "(".repeat(40),
+            ")".repeat(40)
+        );
+        bad(&deep);
     }
 
     #[test]

@@ -263,6 +263,49 @@ pub enum SearchReturn {
     Save,
 }
 
+/// A SORT key (RFC 5256 §3, RFC 5957 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    /// `ARRIVAL`: the internal date.
+    Arrival,
+    /// `CC`: addr-mailbox of the first Cc address.
+    Cc,
+    /// `DATE`: the sent date (Date header, else the internal date).
+    Date,
+    /// `FROM`: addr-mailbox of the first From address.
+    From,
+    /// `SIZE`: RFC822.SIZE.
+    Size,
+    /// `SUBJECT`: the base subject (RFC 5256 §2.1).
+    Subject,
+    /// `TO`: addr-mailbox of the first To address.
+    To,
+    /// `DISPLAYFROM`: display name of the first From address, else its
+    /// addr-spec (RFC 5957).
+    DisplayFrom,
+    /// `DISPLAYTO`: the same for the first To address (RFC 5957).
+    DisplayTo,
+}
+
+/// One `sort-criterion`: an optional `REVERSE` and a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortCriterion {
+    /// `REVERSE` applies to this key only.
+    pub reverse: bool,
+    /// The key.
+    pub key: SortKey,
+}
+
+/// A THREAD algorithm (RFC 5256 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadAlgorithm {
+    /// `ORDEREDSUBJECT`: groups by base subject, flat under the oldest.
+    OrderedSubject,
+    /// `REFERENCES`: parent/child links from Message-ID, References and
+    /// In-Reply-To, then merged by base subject.
+    References,
+}
+
 /// STATUS data items (RFC 9051 §6.3.11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusItem {
@@ -453,6 +496,30 @@ pub enum CommandBody {
         /// The criteria (an implicit AND).
         criteria: SearchKey,
     },
+    /// `[UID] SORT` (RFC 5256), with ESORT return options (RFC 5267).
+    Sort {
+        /// UID SORT.
+        uid: bool,
+        /// `RETURN (...)` (ESORT); `None` when absent.
+        returns: Option<Vec<SearchReturn>>,
+        /// The sort criteria, most significant first.
+        sort: Vec<SortCriterion>,
+        /// The charset (mandatory in SORT), upper-cased.
+        charset: String,
+        /// The search criteria (an implicit AND).
+        criteria: SearchKey,
+    },
+    /// `[UID] THREAD` (RFC 5256).
+    Thread {
+        /// UID THREAD.
+        uid: bool,
+        /// The threading algorithm.
+        algorithm: ThreadAlgorithm,
+        /// The charset (mandatory in THREAD), upper-cased.
+        charset: String,
+        /// The search criteria (an implicit AND).
+        criteria: SearchKey,
+    },
     /// `[UID] FETCH`
     Fetch {
         /// UID FETCH.
@@ -542,6 +609,8 @@ impl CommandBody {
             CommandBody::Expunge => "EXPUNGE",
             CommandBody::UidExpunge(_) => "UID EXPUNGE",
             CommandBody::Search { .. } => "SEARCH",
+            CommandBody::Sort { .. } => "SORT",
+            CommandBody::Thread { .. } => "THREAD",
             CommandBody::Fetch { .. } => "FETCH",
             CommandBody::Store { .. } => "STORE",
             CommandBody::Copy { .. } => "COPY",
