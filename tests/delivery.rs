@@ -1062,7 +1062,7 @@ fn delayed_dsn_is_sent_once_while_retrying() {
         ids.len() == 1
             && sender
                 .umail_ok(&["queue", "show", &ids[0]])
-                .contains("delay DSN sent")
+                .contains("delay DSN queued")
     });
     // Several more attempts after the notice: still only one notice.
     let seen = peer.transactions();

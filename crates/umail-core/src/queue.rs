@@ -163,6 +163,14 @@ pub struct QueueEntry {
     /// Scheduling priority.
     #[serde(default)]
     pub priority: Priority,
+    /// Indexes of the recipients whose final DSN (failed, delivered or
+    /// relayed) has been queued, so none is reported twice however long
+    /// the attempt log grows.
+    #[serde(default)]
+    pub reported: Vec<usize>,
+    /// Whether the "delayed" DSN has been queued.
+    #[serde(default)]
+    pub delay_reported: bool,
 }
 
 impl QueueEntry {
@@ -197,6 +205,8 @@ impl QueueEntry {
             size,
             log,
             priority: options.priority,
+            reported: Vec::new(),
+            delay_reported: false,
         }
     }
 }

@@ -26,7 +26,20 @@ use umail_store::Store;
 pub const POLL: Duration = Duration::from_millis(500);
 /// DKIM keys are re-read from the store at most this often.
 pub const DKIM_CACHE: Duration = Duration::from_secs(1);
-const DELAY_MARK: &str = "delay DSN sent";
+/// Attempt-log lines that marked sent DSNs before `QueueEntry::reported`
+/// and `delay_reported` existed; still honoured for entries queued then.
+const LEGACY_DELAY_MARK: &str = "delay DSN sent";
+
+fn reported(entry: &QueueEntry, i: usize) -> bool {
+    entry.reported.contains(&i)
+        || entry.log.iter().any(|l| {
+            l.result == format!("dsn-failed {i}") || l.result == format!("dsn-success {i}")
+        })
+}
+
+fn delay_reported(entry: &QueueEntry) -> bool {
+    entry.delay_reported || entry.log.iter().any(|l| l.result == LEGACY_DELAY_MARK)
+}
 
 /// The shared state of the runner.
 pub struct Runner {
@@ -321,12 +334,7 @@ impl Runner {
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s, RecipientStatus::Failed { .. }))
-            .filter(|(i, _)| {
-                !entry
-                    .log
-                    .iter()
-                    .any(|l| l.result == format!("dsn-failed {i}"))
-            })
+            .filter(|(i, _)| !reported(&entry, *i))
             .map(|(i, _)| i)
             .collect();
         let mut report = Vec::new();
@@ -345,15 +353,13 @@ impl Runner {
                 remote_hosts.get(&i).cloned().or_else(|| host_of(&entry, i)),
             ));
         }
+        let mut success_reported = Vec::new();
         for (i, r) in entry.envelope.recipients.iter().enumerate() {
             if r.notify.success
                 && !passed_on.contains(&i)
                 && let Some(RecipientStatus::Delivered { reply }) = entry.status.get(i)
                 && (remote_hosts.contains_key(&i) || reply.starts_with("250 local"))
-                && !entry
-                    .log
-                    .iter()
-                    .any(|l| l.result == format!("dsn-success {i}"))
+                && !reported(&entry, i)
             {
                 // RFC 3461 §5.2.2: "relayed" when the next hop could not
                 // take NOTIFY; nothing when it could (it reports itself).
@@ -367,25 +373,29 @@ impl Runner {
                     reply,
                     remote_hosts.get(&i).cloned(),
                 ));
-                entry.log.push(AttemptLog {
-                    at: now,
-                    host: None,
-                    result: format!("dsn-success {i}"),
-                });
+                success_reported.push(i);
             }
         }
-        for i in newly_failed {
+        for (i, kind) in newly_failed
+            .iter()
+            .map(|i| (*i, "failure"))
+            .chain(success_reported.iter().map(|i| (*i, "success")))
+        {
+            entry.reported.push(i);
             entry.log.push(AttemptLog {
                 at: now,
                 host: None,
-                result: format!("dsn-failed {i}"),
+                result: format!(
+                    "{kind} DSN for {} queued",
+                    entry.envelope.recipients[i].address
+                ),
             });
         }
         let delay_after = i64::try_from(self.cfg.delay_notify_secs).unwrap_or(i64::MAX);
         if pending
             && self.cfg.delay_notify_secs != 0
             && now - entry.created >= delay_after
-            && !entry.log.iter().any(|l| l.result == DELAY_MARK)
+            && !delay_reported(&entry)
         {
             for (i, r) in entry.envelope.recipients.iter().enumerate() {
                 let delay_ok = r.notify.delay || r.notify.is_default();
@@ -402,10 +412,11 @@ impl Runner {
                     report.push(delayed);
                 }
             }
+            entry.delay_reported = true;
             entry.log.push(AttemptLog {
                 at: now,
                 host: None,
-                result: DELAY_MARK.into(),
+                result: "delay DSN queued".into(),
             });
         }
         if !report.is_empty() {
@@ -776,12 +787,17 @@ fn summary(entry: &QueueEntry, idx: &[usize]) -> String {
         .join("; ")
 }
 
-fn host_of(entry: &QueueEntry, _i: usize) -> Option<String> {
+/// The host of the latest attempt for recipient `i`'s domain (attempt-log
+/// lines start with the destination domain).
+fn host_of(entry: &QueueEntry, i: usize) -> Option<String> {
+    let domain = entry.envelope.recipients.get(i)?.address.domain().as_str();
+    let prefix = format!("{}: ", domain.to_ascii_lowercase());
     entry
         .log
         .iter()
         .rev()
-        .find_map(|l| l.host.clone())
+        .find(|l| l.result.starts_with(&prefix))
+        .and_then(|l| l.host.clone())
         .filter(|h| h != "local")
 }
 
@@ -819,5 +835,146 @@ fn dsn_rcpt(r: &Recipient, action: DsnAction, reply: &str, host: Option<String>)
         remote_mta: host,
         diagnostic: Some(reply.to_string()),
         will_retry_until: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use umail_core::config::{Config, DeliveryConfig};
+    use umail_core::lockout::AuthLockout;
+    use umail_core::{FilterChain, QueueStore};
+
+    fn runner(store: &Store, cfg: DeliveryConfig) -> Runner {
+        let services = Services {
+            directory: Arc::new(store.clone()),
+            store: Arc::new(store.clone()),
+            queue: Arc::new(store.clone()),
+            filter: Arc::new(FilterChain::new()),
+            lockout: Arc::new(AuthLockout::new(&Default::default())),
+            hostname: "mx.example.com".into(),
+        };
+        let config = Config {
+            delivery: cfg.clone(),
+            ..Default::default()
+        };
+        let router = super::super::router(&config).expect("router");
+        Runner::new(services, store.clone(), router, cfg)
+    }
+
+    /// A queued message from alice with a failed and a deferred recipient
+    /// and an attempt log longer than the store keeps.
+    async fn failed_and_deferred(store: &Store, created: i64) -> QueueEntry {
+        let mut env = Envelope::new(ReversePath::Address("alice@example.com".parse().unwrap()));
+        env.recipients
+            .push(Recipient::new("bob@fail.test".parse().unwrap()));
+        env.recipients
+            .push(Recipient::new("carol@slow.test".parse().unwrap()));
+        let id = store
+            .enqueue(
+                env,
+                Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n"),
+                created,
+            )
+            .await
+            .unwrap();
+        let mut e = store.get(id).await.unwrap().unwrap();
+        e.status[0] = RecipientStatus::Failed {
+            reply: "550 5.1.1 no such user".into(),
+        };
+        e.status[1] = RecipientStatus::Deferred {
+            reply: "451 4.3.0 later".into(),
+        };
+        for n in 0..(umail_store::MAX_ATTEMPT_LOG + 5) {
+            e.log.push(AttemptLog {
+                at: created + n as i64,
+                host: Some("mx.slow.test".into()),
+                result: "slow.test: carol@slow.test deferred (451 4.3.0 later)".into(),
+            });
+        }
+        e
+    }
+
+    async fn dsns(store: &Store) -> usize {
+        store
+            .list(None)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.envelope.reverse_path == ReversePath::Null)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_reported_once_however_long_the_log_grows() {
+        let store = Store::open_in_memory().unwrap();
+        let r = runner(&store, DeliveryConfig::default());
+        let now = umail_core::unix_now();
+        let entry = failed_and_deferred(&store, now).await;
+        let message = Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n");
+        r.finish(entry.clone(), &message, &HashMap::new(), &HashSet::new())
+            .await;
+        assert_eq!(dsns(&store).await, 1, "the failure is reported");
+        let stored = store.get(entry.id).await.unwrap().unwrap();
+        assert_eq!(stored.reported, vec![0]);
+        assert_eq!(stored.log.len(), umail_store::MAX_ATTEMPT_LOG);
+        // Later passes (the deferred recipient is retried for days): the
+        // stored log no longer holds any DSN line, the failure stays reported.
+        let mut again = stored.clone();
+        again.log = entry.log.clone();
+        r.finish(again, &message, &HashMap::new(), &HashSet::new())
+            .await;
+        assert_eq!(dsns(&store).await, 1, "no second failure DSN");
+    }
+
+    #[tokio::test]
+    async fn the_delay_notice_is_sent_once() {
+        let store = Store::open_in_memory().unwrap();
+        let cfg = DeliveryConfig {
+            delay_notify_secs: 60,
+            ..DeliveryConfig::default()
+        };
+        let r = runner(&store, cfg);
+        let long_ago = umail_core::unix_now() - 3600;
+        let mut entry = failed_and_deferred(&store, long_ago).await;
+        entry.reported = vec![0];
+        let message = Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n");
+        r.finish(entry.clone(), &message, &HashMap::new(), &HashSet::new())
+            .await;
+        assert_eq!(dsns(&store).await, 1, "the delay is reported");
+        let mut stored = store.get(entry.id).await.unwrap().unwrap();
+        assert!(stored.delay_reported);
+        stored.log.clear();
+        r.finish(stored, &message, &HashMap::new(), &HashSet::new())
+            .await;
+        assert_eq!(dsns(&store).await, 1, "no second delay DSN");
+    }
+
+    #[test]
+    fn remote_mta_is_the_host_of_the_recipients_own_domain() {
+        let mut env = Envelope::new(ReversePath::Null);
+        env.recipients
+            .push(Recipient::new("a@one.test".parse().unwrap()));
+        env.recipients
+            .push(Recipient::new("b@two.test".parse().unwrap()));
+        let mut e = QueueEntry::new(
+            umail_core::QueueId(1),
+            env,
+            1,
+            0,
+            &EnqueueOptions::default(),
+        );
+        for (host, result) in [
+            ("mx.one.test", "one.test: a@one.test deferred (451)"),
+            ("mx.two.test", "two.test: b@two.test deferred (451)"),
+        ] {
+            e.log.push(AttemptLog {
+                at: 0,
+                host: Some(host.into()),
+                result: result.into(),
+            });
+        }
+        assert_eq!(host_of(&e, 0).as_deref(), Some("mx.one.test"));
+        assert_eq!(host_of(&e, 1).as_deref(), Some("mx.two.test"));
     }
 }
