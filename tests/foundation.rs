@@ -378,6 +378,19 @@ fn http_admin_api_requires_a_system_admin() {
         ),
     );
     assert!(dup.starts_with("HTTP/1.1 422"), "{dup}");
+
+    // A backup writes a path of the caller's choosing: local CLI only.
+    let target = server.dir.path().join("via-http");
+    let body = format!(r#"{{"op":"backup","path":"{}"}}"#, target.display());
+    let refused = http(
+        addr,
+        &format!(
+            "POST /api/v1/admin HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {creds}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(!target.exists());
 }
 
 #[test]

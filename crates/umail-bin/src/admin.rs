@@ -194,6 +194,12 @@ pub enum AdminRequest {
     AdminList,
     Collect(crate::collect::CollectRequest),
     Delivery(crate::delivery::DeliveryRequest),
+    /// Write a database snapshot to a new file (`umail backup`; local
+    /// transports only: the HTTP API refuses it, since it writes a path
+    /// of the caller's choosing).
+    Backup {
+        path: std::path::PathBuf,
+    },
 }
 
 impl AdminRequest {
@@ -237,6 +243,7 @@ impl AdminRequest {
             AdminList => "admin list",
             Collect(_) => "fetch",
             Delivery(_) => "queue/dkim",
+            Backup { .. } => "backup",
         }
     }
 
@@ -317,6 +324,11 @@ impl Output {
     }
 
     /// JSON rendering (one document).
+    /// Prints the output as text or, with `json`, as JSON.
+    pub fn print(&self, json: bool) {
+        print!("{}", if json { self.to_json() } else { self.to_text() });
+    }
+
     pub fn to_json(&self) -> String {
         let value = match self {
             Output::Done { message } => serde_json::json!({ "message": message }),

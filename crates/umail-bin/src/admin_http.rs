@@ -195,6 +195,14 @@ async fn handle(mut stream: TcpStream, store: Store) {
                     .await;
                 }
             };
+            if matches!(admin_request, AdminRequest::Backup { .. }) {
+                return respond(
+                    &mut stream,
+                    403,
+                    &error_body("backups are taken with `umail backup` on the server itself"),
+                )
+                .await;
+            }
             tracing::info!(target: "admin", request = admin_request.name(), "admin API request");
             let reply: AdminReply = crate::handlers::execute(&store, admin_request).await;
             let status = if reply.is_ok() { 200 } else { 422 };

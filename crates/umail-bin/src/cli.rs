@@ -77,6 +77,21 @@ pub enum Command {
     /// Load generators that report throughput and latency.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Write a verified backup (database snapshot, TLS files, manifest with
+    /// checksums) to a new directory; the server may keep running.
+    Backup {
+        /// Directory to create (or an empty one).
+        dir: PathBuf,
+    },
+    /// Restore a backup into the data directory; the server must be stopped.
+    Restore {
+        /// A directory written by `umail backup`.
+        dir: PathBuf,
+        /// Replace an existing database (it is kept as
+        /// `umail.redb.before-restore-TIMESTAMP`).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Benchmarks.
@@ -446,7 +461,11 @@ fn role_spec(role: &str, domain: Option<String>, department: Option<String>) -> 
 pub fn to_request(command: Command) -> Result<AdminRequest> {
     use AdminRequest as R;
     Ok(match command {
-        Command::Serve | Command::Bench(_) | Command::Import(_) => {
+        Command::Serve
+        | Command::Bench(_)
+        | Command::Import(_)
+        | Command::Backup { .. }
+        | Command::Restore { .. } => {
             bail!("not a management command")
         }
         Command::Fetch(cmd) => R::Collect(crate::collect::fetch_request(cmd)?),
@@ -704,7 +723,7 @@ pub async fn run(command: Command, config: &Config, json: bool) -> Result<()> {
     };
     match output {
         Ok(out) => {
-            print!("{}", if json { out.to_json() } else { out.to_text() });
+            out.print(json);
             Ok(())
         }
         Err(message) => bail!("{message}"),

@@ -678,6 +678,15 @@ pub async fn execute(store: &Store, request: AdminRequest) -> AdminReply {
         }
         R::Collect(req) => crate::collect::execute(store, req).await,
         R::Delivery(req) => crate::delivery::execute(store, req).await,
+        R::Backup { path } => {
+            let stats = store.backup(&path).await.map_err(admin_err)?;
+            done(format!(
+                "database snapshot written to {} ({} entries, {} bytes)",
+                path.display(),
+                stats.entries,
+                stats.bytes
+            ))
+        }
         R::AdminList => {
             let rows = store
                 .list_admins()

@@ -9,6 +9,7 @@
 mod admin;
 mod admin_http;
 mod admin_socket;
+mod backup;
 mod bench;
 mod bench_imap;
 mod bootstrap;
@@ -57,6 +58,12 @@ fn main() -> ExitCode {
             Command::Bench(cli::BenchCmd::Imap(args)) => bench_imap::run(args).await,
             Command::Bench(cli::BenchCmd::Delivery(args)) => delivery::bench(args).await,
             Command::Import(cmd) => collect::run_import(cmd, &config).await,
+            Command::Backup { dir } => backup::backup(&config, &dir)
+                .await
+                .map(|out| out.print(cli.json)),
+            Command::Restore { dir, force } => backup::restore(&config, &dir, force)
+                .await
+                .map(|out| out.print(cli.json)),
             other => cli::run(other, &config, cli.json).await,
         }
     });
