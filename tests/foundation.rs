@@ -458,3 +458,20 @@ fn first_start_without_a_hostname_hosts_the_machine_name_or_localhost() {
         "{text}"
     );
 }
+
+#[test]
+fn the_readme_configuration_reference_is_a_valid_configuration() {
+    // Operators copy it: a renamed or removed key must fail here, not at
+    // their first start.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let section = &readme[readme
+        .find("## Configuration")
+        .expect("configuration section")..];
+    let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").expect("block end")];
+    let config: umail_core::config::Config =
+        toml::from_str(block).unwrap_or_else(|e| panic!("README configuration: {e}"));
+    assert_eq!(config.delivery.timeouts.data_term_secs, 600);
+    assert_eq!(config.server.database_cache_bytes, 268_435_456);
+}

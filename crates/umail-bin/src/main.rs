@@ -117,8 +117,16 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
 
 /// Opens the store in `data_dir`, explaining the "already open" case.
 pub fn open_store(data_dir: &Path) -> Result<umail_store::Store> {
+    open_store_with(data_dir, &umail_store::StoreOptions::default())
+}
+
+/// [`open_store`] with explicit options (`umail serve` sizes the cache).
+pub fn open_store_with(
+    data_dir: &Path,
+    options: &umail_store::StoreOptions,
+) -> Result<umail_store::Store> {
     let path = database_path(data_dir);
-    umail_store::Store::open(&path).map_err(|e| match e {
+    umail_store::Store::open_with(&path, options).map_err(|e| match e {
         umail_store::OpenError::Locked => anyhow::anyhow!(
             "{} is in use by another umail process (is `umail serve` running with this data_dir?)",
             path.display()

@@ -93,7 +93,11 @@ pub async fn run(config: Config) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let hostname = effective_hostname(&config);
-    let store = crate::open_store(&data_dir)?;
+    let cache = usize::try_from(config.server.database_cache_bytes).unwrap_or(usize::MAX);
+    let store = crate::open_store_with(
+        &data_dir,
+        &umail_store::StoreOptions::with_cache_bytes(cache),
+    )?;
     bootstrap::first_run(&store, &hostname).await?;
 
     let (acceptor, cert_path) = tls::load_acceptor(&config.tls, &data_dir, &hostname)?;

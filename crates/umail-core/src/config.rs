@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Largest number of concurrent sessions from one client IP. Default 50.
     pub max_sessions_per_ip: usize,
+    /// Memory the embedded database's page cache may grow to, bytes.
+    /// Default 268435456 (256 MiB).
+    pub database_cache_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +64,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             max_sessions: 2000,
             max_sessions_per_ip: 50,
+            database_cache_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -148,8 +148,30 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Cache redb may use for pages (it grows up to this).
-const CACHE_SIZE: usize = 256 * 1024 * 1024;
+/// How the database file is opened: see [`Store::open_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// Memory the page cache may grow to, bytes. Default 256 MiB. More
+    /// keeps more of a large store's indexes and hot messages in memory;
+    /// the operating system's file cache serves the rest.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Default options with the given page-cache size.
+    pub fn with_cache_bytes(cache_bytes: usize) -> StoreOptions {
+        StoreOptions { cache_bytes }
+    }
+}
 
 impl Store {
     /// Opens the database file at `path`, creating it (and its parent
@@ -157,6 +179,11 @@ impl Store {
     /// — or by another `Store` in this process — fails with
     /// [`OpenError::Locked`]. After a crash, redb repairs the file on open.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, OpenError> {
+        Store::open_with(path, &StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit options.
+    pub fn open_with(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Store, OpenError> {
         let path = path.as_ref();
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
@@ -164,7 +191,7 @@ impl Store {
             std::fs::create_dir_all(parent)?;
         }
         let db = redb::Builder::new()
-            .set_cache_size(CACHE_SIZE)
+            .set_cache_size(options.cache_bytes)
             .create(path)
             .map_err(open_error)?;
         Store::start(db)
