@@ -22,11 +22,10 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use umail_core::config::{SecurityConfig, SmtpConfig};
-use umail_core::lockout::AuthLockout;
 use umail_core::net::{next_session_id, shutdown_channel};
 use umail_core::{
-    AccountStatus, Address, ConnectionInfo, Directory, DirectoryError, Domain, FilterChain,
-    Principal, Protocol, Quota, Resolution, Services,
+    AccountStatus, Address, ConnectionInfo, Directory, DirectoryError, Domain, Principal, Protocol,
+    Quota, Resolution,
 };
 use umail_smtp::{ListenerMode, SmtpServer};
 
@@ -202,14 +201,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // so OA users are mirrored into it on first delivery by the operator's
     // provisioning (`umail user add`), or use your own MailStore instead.
     let store = umail_store::Store::open(&db)?;
-    let services = Services {
-        directory,
-        store: Arc::new(store.clone()),
-        queue: Arc::new(store),
-        filter: Arc::new(FilterChain::new()),
-        lockout: Arc::new(AuthLockout::new(&SecurityConfig::default())),
-        hostname: "mx.corp.example".to_string(),
-    };
+    let mut services = store.services("mx.corp.example", &SecurityConfig::default());
+    services.directory = directory;
     let server = Arc::new(SmtpServer::new(services, SmtpConfig::default(), None));
     let listener = TcpListener::bind(&bind).await?;
     println!("SMTP (MX) on {}", listener.local_addr()?);

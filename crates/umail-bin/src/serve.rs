@@ -14,11 +14,10 @@ use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use umail_core::config::Config;
-use umail_core::lockout::AuthLockout;
 use umail_core::net::{
     ConnectionLimiter, LimitExceeded, Shutdown, next_session_id, shutdown_channel,
 };
-use umail_core::{ConnectionInfo, FilterChain, Services};
+use umail_core::{ConnectionInfo, Services};
 
 use crate::{admin_socket, bootstrap, tls};
 
@@ -103,14 +102,7 @@ pub async fn run(config: Config) -> Result<()> {
     let (acceptor, cert_path) = tls::load_acceptor(&config.tls, &data_dir, &hostname)?;
     announce(&format!("umail: TLS certificate {}", cert_path.display()));
 
-    let services = Services {
-        directory: Arc::new(store.clone()),
-        store: Arc::new(store.clone()),
-        queue: Arc::new(store.clone()),
-        filter: Arc::new(FilterChain::new()),
-        lockout: Arc::new(AuthLockout::new(&config.security)),
-        hostname: hostname.clone(),
-    };
+    let services = store.services(hostname.clone(), &config.security);
     let limiter = ConnectionLimiter::new(
         config.server.max_sessions,
         config.server.max_sessions_per_ip,

@@ -174,6 +174,26 @@ impl StoreOptions {
 }
 
 impl Store {
+    /// [`Services`](umail_core::Services) backed entirely by this store
+    /// (directory, mail store and queue), with an empty filter chain and an
+    /// authentication lockout configured from `security`: the embedded
+    /// default `umail serve` runs on. Replace any field to plug in your own
+    /// directory or filters.
+    pub fn services(
+        &self,
+        hostname: impl Into<String>,
+        security: &umail_core::config::SecurityConfig,
+    ) -> umail_core::Services {
+        umail_core::Services {
+            directory: Arc::new(self.clone()),
+            store: Arc::new(self.clone()),
+            queue: Arc::new(self.clone()),
+            filter: Arc::new(umail_core::FilterChain::new()),
+            lockout: Arc::new(umail_core::lockout::AuthLockout::new(security)),
+            hostname: hostname.into(),
+        }
+    }
+
     /// Opens the database file at `path`, creating it (and its parent
     /// directory) when missing. A database already opened by another process
     /// — or by another `Store` in this process — fails with

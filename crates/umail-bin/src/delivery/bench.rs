@@ -10,9 +10,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use umail_core::config::{DeliveryConfig, RouteConfig};
-use umail_core::lockout::AuthLockout;
 use umail_core::net::shutdown_channel;
-use umail_core::{Envelope, FilterChain, QueueStore, Recipient, ReversePath, Services};
+use umail_core::{Envelope, QueueStore, Recipient, ReversePath};
 use umail_store::Store;
 
 use super::DeliveryBenchArgs;
@@ -106,14 +105,7 @@ pub async fn bench(args: DeliveryBenchArgs) -> Result<()> {
         max_connections_per_host: args.connections,
         ..DeliveryConfig::default()
     };
-    let services = Services {
-        directory: Arc::new(store.clone()),
-        store: Arc::new(store.clone()),
-        queue: Arc::new(store.clone()),
-        filter: Arc::new(FilterChain::new()),
-        lockout: Arc::new(AuthLockout::new(&Default::default())),
-        hostname: "bench.example".into(),
-    };
+    let services = store.services("bench.example", &Default::default());
     let config = umail_core::config::Config {
         delivery: cfg.clone(),
         ..Default::default()

@@ -841,19 +841,11 @@ fn dsn_rcpt(r: &Recipient, action: DsnAction, reply: &str, host: Option<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use umail_core::QueueStore;
     use umail_core::config::{Config, DeliveryConfig};
-    use umail_core::lockout::AuthLockout;
-    use umail_core::{FilterChain, QueueStore};
 
     fn runner(store: &Store, cfg: DeliveryConfig) -> Runner {
-        let services = Services {
-            directory: Arc::new(store.clone()),
-            store: Arc::new(store.clone()),
-            queue: Arc::new(store.clone()),
-            filter: Arc::new(FilterChain::new()),
-            lockout: Arc::new(AuthLockout::new(&Default::default())),
-            hostname: "mx.example.com".into(),
-        };
+        let services = store.services("mx.example.com", &Default::default());
         let config = Config {
             delivery: cfg.clone(),
             ..Default::default()
