@@ -232,6 +232,33 @@ fn cli_manages_the_directory_without_a_running_server() {
         !out.status.success(),
         "a department with children cannot be removed"
     );
+    // Reorganisation: North leaves Sales for the top level as "Field";
+    // alice follows.
+    ok(&[
+        "department",
+        "set",
+        "example.com",
+        "Sales/North",
+        "--parent",
+        "-",
+        "--rename",
+        "Field",
+    ]);
+    let dept = ok(&["department", "show", "example.com", "Field"]);
+    assert!(dept.contains("alice@example.com"), "{dept}");
+    let out = run(&[
+        "department",
+        "set",
+        "example.com",
+        "Field",
+        "--parent",
+        "Field",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a department cannot be its own parent"
+    );
+    ok(&["department", "remove", "example.com", "Sales"]);
     ok(&["domain", "alias", "add", "old.example", "example.com"]);
     assert!(ok(&["domain", "alias", "list"]).contains("old.example"));
 

@@ -178,6 +178,12 @@ pub enum AdminRequest {
         name: String,
         order: Option<i64>,
         leader: Option<String>,
+        /// New parent path, `-` for the top level.
+        #[serde(default)]
+        parent: Option<String>,
+        /// New name (last path component).
+        #[serde(default)]
+        rename: Option<String>,
     },
     DepartmentRemove {
         domain: String,

@@ -362,6 +362,13 @@ pub enum DepartmentCmd {
         /// New leader (`-` clears it).
         #[arg(long)]
         leader: Option<String>,
+        /// Move under another department (its path; `-` for the top level).
+        /// Sub-departments, users and department administrators follow.
+        #[arg(long)]
+        parent: Option<String>,
+        /// New name (the last path component).
+        #[arg(long)]
+        rename: Option<String>,
     },
     /// Delete a department; its users stay, without a department.
     Remove { domain: String, name: String },
@@ -589,11 +596,15 @@ pub fn to_request(command: Command) -> Result<AdminRequest> {
                 name,
                 order,
                 leader,
+                parent,
+                rename,
             } => R::DepartmentSet {
                 domain,
                 name,
                 order,
                 leader,
+                parent,
+                rename,
             },
             DepartmentCmd::Remove { domain, name } => R::DepartmentRemove { domain, name },
         },

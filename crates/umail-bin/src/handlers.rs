@@ -629,6 +629,8 @@ pub async fn execute(store: &Store, request: AdminRequest) -> AdminReply {
             name,
             order,
             leader,
+            parent,
+            rename,
         } => {
             let d = domain(&d)?;
             let leader = match leader.as_deref() {
@@ -636,11 +638,24 @@ pub async fn execute(store: &Store, request: AdminRequest) -> AdminReply {
                 Some("-") | Some("") => Some(None),
                 Some(l) => Some(Some(address(l)?)),
             };
-            if order.is_none() && leader.is_none() {
-                return Err("nothing to change: give --order or --leader".to_string());
+            let parent = match parent.as_deref() {
+                None => None,
+                Some("-") | Some("") => Some(None),
+                Some(p) => Some(Some(p.trim_matches('/').to_string())),
+            };
+            if order.is_none() && leader.is_none() && parent.is_none() && rename.is_none() {
+                return Err(
+                    "nothing to change: give --order, --leader, --parent or --rename".to_string(),
+                );
             }
+            let update = DepartmentUpdate {
+                order,
+                leader,
+                parent,
+                name: rename,
+            };
             let info = store
-                .update_department(&d, &name, DepartmentUpdate { order, leader })
+                .update_department(&d, &name, update)
                 .await
                 .map_err(admin_err)?;
             done(format!(

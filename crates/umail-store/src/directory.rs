@@ -35,6 +35,135 @@ const MAX_NAME_LEN: usize = 256;
 
 type R<T> = Result<T, Fail<AdminError>>;
 
+/// Moves and/or renames a department inside a write transaction (see
+/// [`Store::move_department`]); returns its new state.
+fn relocate_department(
+    ctx: &mut Ctx<'_>,
+    domain: &Domain,
+    path: &str,
+    new_parent: Option<Option<String>>,
+    new_name: Option<String>,
+) -> R<DepartmentInfo> {
+    if let Some(n) = &new_name
+        && let Err(e) = validate_dept_name(n)
+    {
+        return reject(e);
+    }
+    let path = path.to_string();
+    let d = domain.as_str();
+    let Some(rec) = ctx
+        .r()
+        .get_json::<_, DeptRec>(DEPARTMENTS, (d, path.as_str()))?
+    else {
+        return reject(AdminError::NotFound(format!(
+            "department {path} in {domain}"
+        )));
+    };
+    let parent = match &new_parent {
+        Some(p) => p.clone(),
+        None => rec.parent.clone(),
+    };
+    let new_name = new_name.clone().unwrap_or_else(|| rec.name.clone());
+    if let Some(p) = &parent {
+        if *p == path || p.starts_with(&format!("{path}/")) {
+            return reject(AdminError::Invalid(format!(
+                "cannot move department {path} under itself ({p})"
+            )));
+        }
+        if !department_exists(ctx.r(), d, p)? {
+            return reject(AdminError::NotFound(format!("department {p} in {domain}")));
+        }
+    }
+    let new_path = match &parent {
+        Some(p) => format!("{p}/{new_name}"),
+        None => new_name.clone(),
+    };
+    if new_path == path {
+        return Ok(dept_info(domain, path.clone(), rec));
+    }
+    if department_exists(ctx.r(), d, &new_path)? {
+        return reject(AdminError::AlreadyExists(format!(
+            "department {new_path} in {domain}"
+        )));
+    }
+    let child_prefix = format!("{path}/");
+    let repath = |p: &str| -> Option<String> {
+        if p == path {
+            Some(new_path.clone())
+        } else {
+            p.strip_prefix(&child_prefix)
+                .map(|rest| format!("{new_path}/{rest}"))
+        }
+    };
+    let moved: Vec<(String, DeptRec)> = ctx
+        .r()
+        .prefix_json::<DeptRec>(DEPARTMENTS, d)?
+        .into_iter()
+        .filter(|(p, _)| repath(p).is_some())
+        .collect();
+    for (old, _) in &moved {
+        ctx.del(DEPARTMENTS, (d, old.as_str()))?;
+    }
+    let mut renamed = None;
+    for (old, mut r) in moved {
+        let Some(new) = repath(&old) else { continue };
+        if old == path {
+            r.name = new_name.clone();
+            r.parent = parent.clone();
+        } else {
+            r.parent = r.parent.as_deref().and_then(&repath);
+        }
+        ctx.put_json(DEPARTMENTS, (d, new.as_str()), &r)?;
+        if old == path {
+            renamed = Some(dept_info(domain, new, r));
+        }
+    }
+    for mut u in users_of(ctx.r(), d)? {
+        if let Some(new) = u.department.as_deref().and_then(&repath) {
+            u.department = Some(new);
+            put_user(ctx, &u)?;
+        }
+    }
+    let mut roles = Vec::new();
+    ctx.r().scan_all(ADMINS, |k, v| {
+        roles.push((k.to_string(), crate::db::dec::<Vec<AdminRole>>(v)?));
+        Ok(true)
+    })?;
+    for (account, r) in roles {
+        let mut changed = false;
+        let r: BTreeSet<AdminRole> = r
+            .into_iter()
+            .map(|x| match x {
+                AdminRole::Department {
+                    domain: rd,
+                    department,
+                } if rd == *domain => match repath(&department) {
+                    Some(new) => {
+                        changed = true;
+                        AdminRole::Department {
+                            domain: rd,
+                            department: new,
+                        }
+                    }
+                    None => AdminRole::Department {
+                        domain: rd,
+                        department,
+                    },
+                },
+                other => other,
+            })
+            .collect();
+        if changed {
+            let r: Vec<AdminRole> = r.into_iter().collect();
+            ctx.put_json(ADMINS, account.as_str(), &r)?;
+        }
+    }
+    match renamed {
+        Some(info) => Ok(info),
+        None => Err(Fail::Db(DbErr("moved department vanished".into()))),
+    }
+}
+
 fn reject<T>(e: AdminError) -> R<T> {
     Err(Fail::Reject(e))
 }
@@ -284,6 +413,11 @@ pub struct DepartmentUpdate {
     pub order: Option<i64>,
     /// New leader (`Some(None)` clears it).
     pub leader: Option<Option<Address>>,
+    /// New parent (`Some(None)` moves it to the top level); the subtree,
+    /// users and roles follow as in [`Store::move_department`].
+    pub parent: Option<Option<String>>,
+    /// New name (the last path component).
+    pub name: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1710,7 +1844,8 @@ impl Store {
         })
     }
 
-    /// Changes a department's display order or leader.
+    /// Changes a department's display order, leader, parent or name, all in
+    /// one commit.
     pub async fn update_department(
         &self,
         domain: &Domain,
@@ -1739,6 +1874,16 @@ impl Store {
                 rec.leader = leader.clone();
             }
             ctx.put_json(DEPARTMENTS, (d, path.as_str()), &rec)?;
+            if update.parent.is_some() || update.name.is_some() {
+                // Same commit: all of the update applies or none of it.
+                return relocate_department(
+                    ctx,
+                    &domain,
+                    &path,
+                    update.parent.clone(),
+                    update.name.clone(),
+                );
+            }
             Ok(dept_info(&domain, path.clone(), rec))
         })
         .await
@@ -1752,107 +1897,28 @@ impl Store {
         path: &str,
         new_name: &str,
     ) -> Result<DepartmentInfo, AdminError> {
-        validate_dept_name(new_name)?;
+        self.move_department(domain, path, None, Some(new_name))
+            .await
+    }
+
+    /// Moves a department under another parent (`new_parent`:
+    /// `Some(Some(path))`, or `Some(None)` for the top level) and/or gives
+    /// it a new name; `None` keeps the current one. Sub-departments, users'
+    /// department paths and department-administrator roles follow, in one
+    /// commit. A department cannot move under itself or its descendants.
+    pub async fn move_department(
+        &self,
+        domain: &Domain,
+        path: &str,
+        new_parent: Option<Option<&str>>,
+        new_name: Option<&str>,
+    ) -> Result<DepartmentInfo, AdminError> {
         let domain = domain.clone();
         let path = path.to_string();
-        let new_name = new_name.to_string();
+        let new_parent = new_parent.map(|p| p.map(str::to_string));
+        let new_name = new_name.map(str::to_string);
         self.admin_write(move |ctx| {
-            let d = domain.as_str();
-            let Some(rec) = ctx
-                .r()
-                .get_json::<_, DeptRec>(DEPARTMENTS, (d, path.as_str()))?
-            else {
-                return reject(AdminError::NotFound(format!(
-                    "department {path} in {domain}"
-                )));
-            };
-            let new_path = match &rec.parent {
-                Some(p) => format!("{p}/{new_name}"),
-                None => new_name.clone(),
-            };
-            if new_path == path {
-                return Ok(dept_info(&domain, path.clone(), rec));
-            }
-            if department_exists(ctx.r(), d, &new_path)? {
-                return reject(AdminError::AlreadyExists(format!(
-                    "department {new_path} in {domain}"
-                )));
-            }
-            let child_prefix = format!("{path}/");
-            let repath = |p: &str| -> Option<String> {
-                if p == path {
-                    Some(new_path.clone())
-                } else {
-                    p.strip_prefix(&child_prefix)
-                        .map(|rest| format!("{new_path}/{rest}"))
-                }
-            };
-            let moved: Vec<(String, DeptRec)> = ctx
-                .r()
-                .prefix_json::<DeptRec>(DEPARTMENTS, d)?
-                .into_iter()
-                .filter(|(p, _)| repath(p).is_some())
-                .collect();
-            for (old, _) in &moved {
-                ctx.del(DEPARTMENTS, (d, old.as_str()))?;
-            }
-            let mut renamed = None;
-            for (old, mut r) in moved {
-                let Some(new) = repath(&old) else { continue };
-                if old == path {
-                    r.name = new_name.clone();
-                } else {
-                    r.parent = r.parent.as_deref().and_then(&repath);
-                }
-                ctx.put_json(DEPARTMENTS, (d, new.as_str()), &r)?;
-                if old == path {
-                    renamed = Some(dept_info(&domain, new, r));
-                }
-            }
-            for mut u in users_of(ctx.r(), d)? {
-                if let Some(new) = u.department.as_deref().and_then(&repath) {
-                    u.department = Some(new);
-                    put_user(ctx, &u)?;
-                }
-            }
-            let mut roles = Vec::new();
-            ctx.r().scan_all(ADMINS, |k, v| {
-                roles.push((k.to_string(), crate::db::dec::<Vec<AdminRole>>(v)?));
-                Ok(true)
-            })?;
-            for (account, r) in roles {
-                let mut changed = false;
-                let r: BTreeSet<AdminRole> = r
-                    .into_iter()
-                    .map(|x| match x {
-                        AdminRole::Department {
-                            domain: rd,
-                            department,
-                        } if rd == domain => match repath(&department) {
-                            Some(new) => {
-                                changed = true;
-                                AdminRole::Department {
-                                    domain: rd,
-                                    department: new,
-                                }
-                            }
-                            None => AdminRole::Department {
-                                domain: rd,
-                                department,
-                            },
-                        },
-                        other => other,
-                    })
-                    .collect();
-                if changed {
-                    let r: Vec<AdminRole> = r.into_iter().collect();
-                    ctx.put_json(ADMINS, account.as_str(), &r)?;
-                }
-            }
-            match renamed {
-                Some(info) => Ok(info),
-                None => Err(Fail::Db(DbErr("renamed department vanished".into()))),
-            }
+            relocate_department(ctx, &domain, &path, new_parent.clone(), new_name.clone())
         })
         .await
     }

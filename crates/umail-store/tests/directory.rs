@@ -1157,6 +1157,7 @@ async fn departments_tree_update_remove() {
             DepartmentUpdate {
                 order: Some(0),
                 leader: Some(Some(a("alice@example.com"))),
+                ..Default::default()
             },
         )
         .await
@@ -1458,5 +1459,111 @@ async fn department_rename_moves_children_users_and_roles() {
             department: "Market/North".into()
         }]
     );
+    store.check_invariants().unwrap();
+}
+
+#[tokio::test]
+async fn department_move_reparents_the_subtree_and_refuses_cycles() {
+    let store = store_with(&["example.com"]).await;
+    user(&store, "alice@example.com").await;
+    let dom = d("example.com");
+    for (name, parent) in [
+        ("Sales", None),
+        ("North", Some("Sales")),
+        ("Deep", Some("Sales/North")),
+        ("Ops", None),
+    ] {
+        store
+            .add_department(
+                &dom,
+                NewDepartment {
+                    name: name.into(),
+                    parent: parent.map(str::to_string),
+                    order: 0,
+                    leader: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .update_user(
+            &a("alice@example.com"),
+            UserUpdate {
+                department: Some(Some("Sales/North/Deep".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for (parent, why) in [("Sales/North", "itself"), ("Sales/North/Deep", "itself")] {
+        match store
+            .move_department(&dom, "Sales/North", Some(Some(parent)), None)
+            .await
+        {
+            Err(AdminError::Invalid(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("moving under {parent}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        store
+            .move_department(&dom, "Sales/North", Some(Some("Nowhere")), None)
+            .await,
+        Err(AdminError::NotFound(_))
+    ));
+    // North moves from Sales to Ops and is renamed on the way.
+    let info = store
+        .move_department(&dom, "Sales/North", Some(Some("Ops")), Some("Field"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.path.as_str(), info.parent.as_deref()),
+        ("Ops/Field", Some("Ops"))
+    );
+    let alice = store.get_user(&a("alice@example.com")).unwrap().unwrap();
+    assert_eq!(alice.department.as_deref(), Some("Ops/Field/Deep"));
+    // And up to the top level.
+    let info = store
+        .move_department(&dom, "Ops/Field", Some(None), None)
+        .await
+        .unwrap();
+    assert_eq!((info.path.as_str(), info.parent), ("Field", None));
+    let paths: Vec<(String, Option<String>)> = store
+        .list_departments(&dom)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.path, d.parent))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            ("Field".to_string(), None),
+            ("Field/Deep".to_string(), Some("Field".to_string())),
+            ("Ops".to_string(), None),
+            ("Sales".to_string(), None),
+        ]
+    );
+    // One commit: a refused move leaves the leader change undone too.
+    assert!(matches!(
+        store
+            .update_department(
+                &dom,
+                "Field",
+                DepartmentUpdate {
+                    leader: Some(Some(a("alice@example.com"))),
+                    parent: Some(Some("Field/Deep".into())),
+                    ..Default::default()
+                },
+            )
+            .await,
+        Err(AdminError::Invalid(_))
+    ));
+    let field = store
+        .list_departments(&dom)
+        .unwrap()
+        .into_iter()
+        .find(|d| d.path == "Field")
+        .unwrap();
+    assert_eq!(field.leader, None);
     store.check_invariants().unwrap();
 }
