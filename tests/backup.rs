@@ -97,6 +97,13 @@ fn backup_while_running_then_restore_after_losing_the_data() {
     assert!(paths.contains(&"umail.redb"), "{paths:?}");
     assert!(paths.contains(&"tls/cert.pem"), "{paths:?}");
     assert!(paths.contains(&"tls/key.pem"), "{paths:?}");
+    // Password hashes and private keys: owner only, in the data directory
+    // and in the backup.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [server.data_dir(), b1.clone(), b1.join("tls")] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
     fails_with(&server, &["backup", b1s], "not empty");
     fails_with(&server, &["restore", b1s], "stop it before restoring");
 

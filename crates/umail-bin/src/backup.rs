@@ -86,9 +86,11 @@ fn sync_dir(dir: &Path) -> Result<()> {
 fn copy_synced(src: &Path, dst: &Path) -> Result<()> {
     let mut from =
         std::fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut to = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(dst)
         .with_context(|| format!("creating {}", dst.display()))?;
     std::io::copy(&mut from, &mut to).with_context(|| format!("writing {}", dst.display()))?;
@@ -137,7 +139,7 @@ pub async fn backup(config: &Config, dest: &Path) -> Result<Output> {
             .is_none();
         ensure!(empty, "{} exists and is not empty", dest.display());
     }
-    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+    crate::create_private_dir(&dest)?;
     let created = umail_core::unix_now();
     let db_copy = dest.join(DATABASE);
 
@@ -181,7 +183,7 @@ pub async fn backup(config: &Config, dest: &Path) -> Result<Output> {
         if from.is_empty() {
             continue;
         }
-        std::fs::create_dir_all(dest.join(sub))?;
+        crate::create_private_dir(&dest.join(sub))?;
         for src in from {
             let name = src.file_name().unwrap_or_default().to_string_lossy();
             let rel = format!("{sub}/{name}");
@@ -283,7 +285,7 @@ pub async fn restore(config: &Config, src: &Path, force: bool) -> Result<Output>
         "{} already has a database; --force replaces it (the current one is kept next to it)",
         data_dir.display()
     );
-    std::fs::create_dir_all(data_dir)?;
+    crate::create_private_dir(data_dir)?;
 
     // The database: copied beside the live one, verified, then renamed in.
     let staged = data_dir.join(format!("{DATABASE}.restoring"));
@@ -310,7 +312,7 @@ pub async fn restore(config: &Config, src: &Path, force: bool) -> Result<Output>
     for f in manifest.files.iter().filter(|f| f.path != DATABASE) {
         let dst = data_dir.join(&f.path);
         if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)?;
+            crate::create_private_dir(parent)?;
         }
         if dst.exists() {
             let old = PathBuf::from(format!("{}.before-restore-{stamp}", dst.display()));

@@ -727,8 +727,7 @@ pub async fn run(command: Command, config: &Config, json: bool) -> Result<()> {
                 data_dir.display()
             );
         }
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
+        crate::create_private_dir(data_dir)?;
         let store = crate::open_store(data_dir)?;
         crate::handlers::execute(&store, request).await
     };

@@ -110,6 +110,32 @@ fn init_logging(config: &Config, json_flag: bool, serving: bool) {
     }
 }
 
+/// Creates `dir` (and missing parents) readable by the owner only: the
+/// data directory and backups hold password hashes, DKIM and TLS private
+/// keys and all mail.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Warns when `dir` can be read by other local users.
+pub fn warn_if_shared(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(dir)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the data directory is accessible to other users; `chmod 700` it"
+        );
+    }
+}
+
 /// The database file inside the data directory.
 pub fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join("umail.redb")

@@ -89,8 +89,8 @@ pub fn announce(line: &str) {
 /// Runs the server until a shutdown signal.
 pub async fn run(config: Config) -> Result<()> {
     let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    crate::create_private_dir(&data_dir)?;
+    crate::warn_if_shared(&data_dir);
     let hostname = effective_hostname(&config);
     let cache = usize::try_from(config.server.database_cache_bytes).unwrap_or(usize::MAX);
     let store = crate::open_store_with(

@@ -47,7 +47,7 @@ fn ensure_self_signed(data_dir: &Path, hostname: &str) -> Result<(PathBuf, PathB
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::create_private_dir(&dir)?;
     let mut names = vec![hostname.to_string()];
     if hostname != "localhost" {
         names.push("localhost".to_string());
