@@ -2,12 +2,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use umail_core::{QueueEntry, QueueState};
+use umail_core::{Priority, QueueEntry, QueueState};
 
 use crate::Store;
 use crate::db::{
     ACCOUNTS, ADMINS, ALIASES, BLOB_REFS, BLOBS, DEPARTMENTS, DOMAIN_ALIASES, DOMAINS, DbErr,
-    LISTS, MAILBOX_NAMES, MAILBOXES, MESSAGES, QUEUE, QUEUE_CONTENT, QUEUE_DUE, Tx, USERS, dec,
+    LISTS, MAILBOX_NAMES, MAILBOXES, MESSAGES, QUEUE, QUEUE_CONTENT, Tx, USERS, dec,
 };
 use crate::directory::UserRec;
 use crate::mail::{AccountRec, MailboxRec, MessageRec, all_expunge_records, blob_id};
@@ -284,11 +284,14 @@ fn check_queue(tx: Tx<'_>, p: &mut Problems) -> Result<(), DbErr> {
         content.insert(k);
         Ok(true)
     })?;
-    let mut due: BTreeMap<(i64, u64), u8> = BTreeMap::new();
-    tx.scan_all(QUEUE_DUE, |k, rank| {
-        due.insert(k, rank);
-        Ok(true)
-    })?;
+    // (next attempt, id) → the priorities whose index holds it.
+    let mut due: BTreeMap<(i64, u64), Vec<Priority>> = BTreeMap::new();
+    for p in [Priority::High, Priority::Normal, Priority::Low] {
+        tx.scan_all(crate::queue::due_index(p), |k, _| {
+            due.entry(k).or_default().push(p);
+            Ok(true)
+        })?;
+    }
     let last = tx.meta("queue_id")?;
     for (id, e) in &entries {
         if e.id.0 != *id {
@@ -312,11 +315,11 @@ fn check_queue(tx: Tx<'_>, p: &mut Problems) -> Result<(), DbErr> {
                 e.state
             ));
         }
-        if let Some(rank) = indexed
-            && *rank != crate::queue::priority_rank(e.priority)
+        if let Some(found) = indexed
+            && found.as_slice() != [e.priority]
         {
             p.add(format!(
-                "queue {id}: due index rank {rank}, priority {}",
+                "queue {id}: in the due indexes of {found:?}, priority {}",
                 e.priority
             ));
         }

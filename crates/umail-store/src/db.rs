@@ -52,8 +52,16 @@ pub(crate) const BLOB_REFS: TableDefinition<&str, u64> = TableDefinition::new("b
 pub(crate) const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
 /// `queue id` → message content.
 pub(crate) const QUEUE_CONTENT: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_content");
-/// `(next attempt, queue id)` → 1 for entries in `Active` or `Deferred` state.
+/// `(next attempt, queue id)` → 1 for `Normal`-priority entries in
+/// `Active` or `Deferred` state.
 pub(crate) const QUEUE_DUE: TableDefinition<(i64, u64), u8> = TableDefinition::new("queue_due");
+/// The same for `High`-priority entries: one index per priority, so that
+/// `due` reads only as many keys as it returns, however large the backlog.
+pub(crate) const QUEUE_DUE_HIGH: TableDefinition<(i64, u64), u8> =
+    TableDefinition::new("queue_due_high");
+/// The same for `Low`-priority entries.
+pub(crate) const QUEUE_DUE_LOW: TableDefinition<(i64, u64), u8> =
+    TableDefinition::new("queue_due_low");
 
 /// `(account, remote account id)` → MultiPOP account (JSON).
 pub(crate) const REMOTE_ACCOUNTS: TableDefinition<(&str, u64), &[u8]> =
@@ -274,6 +282,8 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), DbErr> {
     tx.open_table(QUEUE)?;
     tx.open_table(QUEUE_CONTENT)?;
     tx.open_table(QUEUE_DUE)?;
+    tx.open_table(QUEUE_DUE_HIGH)?;
+    tx.open_table(QUEUE_DUE_LOW)?;
     tx.open_table(REMOTE_ACCOUNTS)?;
     tx.open_table(DOMAIN_POP)?;
     tx.open_table(COLLECT_LIMITS)?;
@@ -339,6 +349,8 @@ pub(crate) fn copy_all(src: &ReadTransaction, dst: &WriteTransaction) -> Result<
         + copy_table(src, dst, QUEUE, c)?
         + copy_table(src, dst, QUEUE_CONTENT, c)?
         + copy_table(src, dst, QUEUE_DUE, c)?
+        + copy_table(src, dst, QUEUE_DUE_HIGH, c)?
+        + copy_table(src, dst, QUEUE_DUE_LOW, c)?
         + copy_table(src, dst, REMOTE_ACCOUNTS, c)?
         + copy_table(src, dst, DOMAIN_POP, c)?
         + copy_table(src, dst, COLLECT_LIMITS, c)?

@@ -7,7 +7,9 @@ use umail_core::{
 };
 
 use crate::Store;
-use crate::db::{DbErr, QUEUE, QUEUE_CONTENT, QUEUE_DUE, Tx};
+use redb::TableDefinition;
+
+use crate::db::{DbErr, QUEUE, QUEUE_CONTENT, QUEUE_DUE, QUEUE_DUE_HIGH, QUEUE_DUE_LOW, Tx};
 use crate::writer::{Ctx, Fail};
 
 /// Attempt-log lines kept per entry (the oldest are dropped).
@@ -34,14 +36,12 @@ fn get_entry(tx: Tx<'_>, id: u64) -> Result<Option<QueueEntry>, DbErr> {
     tx.get_json(QUEUE, id)
 }
 
-/// The due index maps `(next_attempt, id)` to the priority rank, so `due`
-/// can order by priority from the index alone. Indexes written before
-/// priorities existed hold 1, which is `Normal`.
-pub(crate) fn priority_rank(p: Priority) -> u8 {
+/// The due index of a priority: `(next_attempt, id)` → 1.
+pub(crate) fn due_index(p: Priority) -> TableDefinition<'static, (i64, u64), u8> {
     match p {
-        Priority::Low => 0,
-        Priority::Normal => 1,
-        Priority::High => 2,
+        Priority::High => QUEUE_DUE_HIGH,
+        Priority::Normal => QUEUE_DUE,
+        Priority::Low => QUEUE_DUE_LOW,
     }
 }
 
@@ -49,16 +49,16 @@ fn put_entry(ctx: &mut Ctx<'_>, entry: &QueueEntry) -> Result<(), DbErr> {
     ctx.put_json(QUEUE, entry.id.0, entry)?;
     if is_due_state(entry.state) {
         ctx.put(
-            QUEUE_DUE,
+            due_index(entry.priority),
             (entry.next_attempt, entry.id.0),
-            priority_rank(entry.priority),
+            1u8,
         )?;
     }
     Ok(())
 }
 
 fn unindex(ctx: &mut Ctx<'_>, entry: &QueueEntry) -> Result<(), DbErr> {
-    ctx.del(QUEUE_DUE, (entry.next_attempt, entry.id.0))?;
+    ctx.del(due_index(entry.priority), (entry.next_attempt, entry.id.0))?;
     Ok(())
 }
 
@@ -102,20 +102,20 @@ impl QueueStore for Store {
             return Ok(Vec::new());
         }
         self.queue_read(|tx| {
-            // Every due key is read (keys only, cheap) so that a high-priority
-            // entry is found behind any backlog of older ones.
-            let mut keys: Vec<(std::cmp::Reverse<u8>, i64, u64)> = Vec::new();
-            tx.scan(QUEUE_DUE, ..=(now, u64::MAX), |(at, id), rank| {
-                keys.push((std::cmp::Reverse(rank), at, id));
-                Ok(true)
-            })?;
-            if keys.len() > limit {
-                keys.select_nth_unstable(limit);
-                keys.truncate(limit);
+            // Highest priority first; each index is in next-attempt order,
+            // so no more keys are read than are returned.
+            let mut ids = Vec::new();
+            for p in [Priority::High, Priority::Normal, Priority::Low] {
+                if ids.len() == limit {
+                    break;
+                }
+                tx.scan(due_index(p), ..=(now, u64::MAX), |(_, id), _| {
+                    ids.push(id);
+                    Ok(ids.len() < limit)
+                })?;
             }
-            keys.sort_unstable();
-            let mut out = Vec::with_capacity(keys.len());
-            for (_, _, id) in keys {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
                 if let Some(e) = get_entry(tx, id)?
                     && is_due_state(e.state)
                 {
