@@ -192,6 +192,8 @@ enum Script {
     Slow,
     /// Never answer MAIL FROM: wait 5 s, then close.
     Stall,
+    /// Answer the final dot only once the test calls `Peer::release`.
+    Held,
 }
 
 #[derive(Default)]
@@ -200,6 +202,8 @@ struct Received {
     messages: Vec<(Vec<String>, String)>,
     /// MAIL commands seen (transactions started).
     mails: usize,
+    /// `Script::Held` transactions may finish.
+    released: bool,
 }
 
 struct Peer {
@@ -232,6 +236,10 @@ impl Peer {
 
     fn transactions(&self) -> usize {
         self.received.lock().unwrap().mails
+    }
+
+    fn release(&self) {
+        self.received.lock().unwrap().released = true;
     }
 }
 
@@ -303,6 +311,9 @@ fn serve_peer(
                 _ => {
                     if script == Script::Slow {
                         std::thread::sleep(Duration::from_millis(300));
+                    }
+                    while script == Script::Held && !rec.lock().unwrap().released {
+                        std::thread::sleep(Duration::from_millis(20));
                     }
                     rec.lock().unwrap().messages.push((rcpts.clone(), data));
                     "250 2.0.0 queued\r\n".into()
@@ -1197,4 +1208,36 @@ fn mx_routing_through_dns_with_fallback_implicit_mx_null_mx_and_failures() {
     // RFC 7505 §4.2: null MX is 5.1.10; a domain that does not exist 5.1.2.
     assert_eq!(field(by("dave@null.test"), "status"), "5.1.10");
     assert_eq!(field(by("erin@nx.test"), "status"), "5.1.2");
+}
+
+#[test]
+fn a_blocked_destination_does_not_starve_the_others() {
+    // slow.test answers nothing until released; every connection slot but
+    // its own per-host share must stay free for other destinations.
+    let slow = Peer::start(|_| Script::Held);
+    let fast = Peer::start(|_| Script::Normal);
+    let sender = TestServer::start_with(&format!(
+        "[delivery]\nretry_intervals_secs = [1]\nmax_connections = 3\nmax_connections_per_host = 1\n\n[[delivery.route]]\ndomain = \"slow.test\"\nhost = \"127.0.0.1:{}\"\n\n[[delivery.route]]\ndomain = \"fast.test\"\nhost = \"127.0.0.1:{}\"\n",
+        slow.port, fast.port
+    ));
+    setup(&sender, "example.com", &["alice"]);
+    for n in 0..5 {
+        submit(
+            &sender,
+            &["bob@slow.test"],
+            &format!("slow-{n}@example.com"),
+            "",
+        );
+    }
+    submit(&sender, &["carol@fast.test"], "fast@example.com", "");
+    wait_until("the other destination's message", || {
+        fast.messages().len() == 1
+    });
+    assert!(slow.messages().is_empty(), "slow.test is still held");
+    assert_eq!(slow.transactions(), 1, "one connection to the held host");
+    slow.release();
+    wait_until("the held destination's backlog", || {
+        slow.messages().len() == 5
+    });
+    wait_queue_settled(&sender);
 }

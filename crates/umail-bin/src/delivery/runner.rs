@@ -24,6 +24,9 @@ use umail_store::Store;
 /// The queue is polled at least this often (new, flushed and released
 /// entries wake the runner at once through `QueueStore::wait_for_work`).
 pub const POLL: Duration = Duration::from_millis(500);
+/// Most due entries one scheduling pass reads when it looks past busy
+/// destinations for work.
+pub const MAX_SCHEDULING_WINDOW: usize = 4096;
 /// DKIM keys are re-read from the store at most this often.
 pub const DKIM_CACHE: Duration = Duration::from_secs(1);
 /// Attempt-log lines that marked sent DSNs before `QueueEntry::reported`
@@ -52,7 +55,8 @@ pub struct Runner {
     per_host: Mutex<HashMap<SocketAddr, Arc<Semaphore>>>,
     pool: Mutex<HashMap<SocketAddr, Vec<(SmtpConnection, Instant)>>>,
     refused: Mutex<HashMap<SocketAddr, Instant>>,
-    in_flight: Mutex<HashSet<u64>>,
+    /// Entries being delivered, with their destination domain.
+    in_flight: Mutex<HashMap<u64, String>>,
     /// Signalled when an entry finishes and its connection slot is free.
     slot_freed: tokio::sync::Notify,
     dkim: Mutex<(Instant, HashMap<String, DkimKey>)>,
@@ -73,6 +77,24 @@ impl Drop for Slot {
         drop(self.permit.take());
         self.runner.slot_freed.notify_one();
     }
+}
+
+/// The domain of an entry's first undelivered recipient: what the
+/// per-destination share of connections is counted by ("" when none).
+fn destination(entry: &QueueEntry) -> String {
+    entry
+        .envelope
+        .recipients
+        .iter()
+        .zip(&entry.status)
+        .find(|(_, s)| {
+            matches!(
+                s,
+                RecipientStatus::Pending | RecipientStatus::Deferred { .. }
+            )
+        })
+        .map(|(r, _)| r.address.domain().as_str().to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,7 +122,7 @@ impl Runner {
             per_host: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
             slot_freed: tokio::sync::Notify::new(),
             dkim: Mutex::new((Instant::now() - Duration::from_secs(3600), HashMap::new())),
         }
@@ -134,36 +156,60 @@ impl Runner {
         // Take only as many entries as there are free slots, so that the
         // next free slot goes to whatever is most urgent at that moment (a
         // high-priority message queued behind a backlog leaves next).
-        let free = self.global.available_permits();
-        if free == 0 {
-            return;
-        }
-        let busy = lock(&self.in_flight).len();
+        let mut window = self.global.available_permits() + lock(&self.in_flight).len();
         let now = umail_core::unix_now();
-        let due = match self.services.queue.due(now, free + busy).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(target: "queue", error = %e, "cannot read the queue");
+        loop {
+            if self.global.available_permits() == 0 {
                 return;
             }
-        };
-        for entry in due {
-            if lock(&self.in_flight).contains(&entry.id.0) {
-                continue;
+            let due = match self.services.queue.due(now, window).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(target: "queue", error = %e, "cannot read the queue");
+                    return;
+                }
+            };
+            let whole_window = due.len() == window;
+            let mut skipped = false;
+            for entry in due {
+                let destination = destination(&entry);
+                {
+                    let in_flight = lock(&self.in_flight);
+                    if in_flight.contains_key(&entry.id.0) {
+                        continue;
+                    }
+                    // One busy destination must not take every connection
+                    // and starve the others (its extra entries would only
+                    // wait for its per-host limit while holding a slot).
+                    let busy_there = in_flight.values().filter(|d| **d == destination).count();
+                    if !destination.is_empty()
+                        && busy_there >= self.cfg.max_connections_per_host.max(1)
+                    {
+                        skipped = true;
+                        continue;
+                    }
+                }
+                let Ok(permit) = Arc::clone(&self.global).try_acquire_owned() else {
+                    return;
+                };
+                lock(&self.in_flight).insert(entry.id.0, destination);
+                let slot = Slot {
+                    runner: Arc::clone(self),
+                    id: entry.id.0,
+                    permit: Some(permit),
+                };
+                tokio::spawn(async move {
+                    slot.runner.process(entry).await;
+                    drop(slot);
+                });
             }
-            let Ok(permit) = Arc::clone(&self.global).try_acquire_owned() else {
-                break;
-            };
-            lock(&self.in_flight).insert(entry.id.0);
-            let slot = Slot {
-                runner: Arc::clone(self),
-                id: entry.id.0,
-                permit: Some(permit),
-            };
-            tokio::spawn(async move {
-                slot.runner.process(entry).await;
-                drop(slot);
-            });
+            // Slots are still free, but the window was all busy destinations:
+            // look further down the queue (rare, and only while deliveries to
+            // those destinations are slow, so the wider read is affordable).
+            if !skipped || !whole_window || window >= MAX_SCHEDULING_WINDOW {
+                return;
+            }
+            window = (window * 8).min(MAX_SCHEDULING_WINDOW);
         }
     }
 
