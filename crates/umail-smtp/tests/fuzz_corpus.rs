@@ -1,5 +1,5 @@
-//! Replays every file of `fuzz/corpus/smtp_command` through the codec's
-//! fuzzing entry point, so that crashes found by fuzzing stay fixed.
+//! Replays every file of `fuzz/corpus/smtp_command` and `smtp_reply`
+//! through the fuzzing entry points, so that crashes found stay fixed.
 
 use std::path::PathBuf;
 
@@ -52,4 +52,18 @@ fn well_formed_seeds_parse() {
             "{name} must be refused"
         );
     }
+}
+
+#[test]
+fn replay_smtp_reply_corpus() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/smtp_reply");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/smtp_reply readable") {
+        let path = entry.expect("dir entry").path();
+        if path.is_file() {
+            umail_smtp::client::reply::fuzz_reply(&std::fs::read(&path).expect("readable seed"));
+            count += 1;
+        }
+    }
+    assert!(count >= 7, "expected at least 7 seeds, found {count}");
 }
