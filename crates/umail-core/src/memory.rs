@@ -20,7 +20,7 @@ use crate::model::{AccountStatus, DomainStatus, Principal, Protocol, QueueId, Qu
 use crate::queue::{EnqueueOptions, QueueEntry, QueueError, QueueState, QueueStore};
 use crate::sasl::ScramCredentials;
 use crate::store::{
-    AppendOutcome, ChangeFeed, DeliveryTarget, Flag, FlagOp, FlagUpdate, Flags,
+    AppendOutcome, ChangeFeed, ContentPart, DeliveryTarget, Flag, FlagOp, FlagUpdate, Flags,
     HIERARCHY_SEPARATOR, INBOX, MailStore, MailboxChange, MailboxId, MailboxInfo, MessageMeta,
     ModSeq, SpecialUse, StoreError, Uid,
 };
@@ -657,6 +657,44 @@ impl MailStore for MemoryMailStore {
         let mut data = lock(&self.data);
         let mb = data.mailbox_by_id(account, mailbox)?;
         Ok(mb.messages.get(&uid).map(|m| m.content.clone()))
+    }
+
+    async fn messages_after(
+        &self,
+        account: &str,
+        mailbox: MailboxId,
+        after: Uid,
+    ) -> Result<Vec<MessageMeta>, StoreError> {
+        let mut data = lock(&self.data);
+        let mb = data.mailbox_by_id(account, mailbox)?;
+        Ok(mb
+            .messages
+            .range(after.saturating_add(1)..)
+            .filter(|(uid, _)| **uid > after)
+            .map(|(_, m)| m.meta.clone())
+            .collect())
+    }
+
+    async fn message_contents(
+        &self,
+        account: &str,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        part: ContentPart,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        // One lock for the whole batch: a consistent view, as a snapshot
+        // store gives. `Bytes` clones and slices share the stored content.
+        let mut data = lock(&self.data);
+        let mb = data.mailbox_by_id(account, mailbox)?;
+        Ok(uids
+            .iter()
+            .map(|uid| {
+                mb.messages.get(uid).map(|m| match part {
+                    ContentPart::Full => m.content.clone(),
+                    ContentPart::Header => m.content.slice(..crate::store::header_len(&m.content)),
+                })
+            })
+            .collect())
     }
 
     async fn update_flags(

@@ -271,6 +271,47 @@ pub enum MailboxChange {
     Gone,
 }
 
+/// How much of each message [`MailStore::message_contents`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContentPart {
+    /// The whole message.
+    Full,
+    /// Only the header block, as [`header_len`] delimits it: enough for
+    /// header-only work (IMAP `SEARCH SUBJECT`, `FETCH ENVELOPE`,
+    /// `BODY[HEADER.FIELDS (...)]`) without copying the body.
+    Header,
+}
+
+/// The length of a message's header block: up to and including the blank
+/// line that ends it (CRLF or bare LF line ends), or all of `raw` when
+/// there is no blank line. A message that starts with a blank line has an
+/// empty header, and the blank line belongs to it.
+///
+/// This is the one definition of "the header" shared by the stores'
+/// [`ContentPart::Header`] reads and the IMAP server's `BODY[HEADER]`, so
+/// that a header-only read always holds everything those need.
+pub fn header_len(raw: &[u8]) -> usize {
+    if raw.starts_with(b"\r\n") {
+        return 2;
+    }
+    if raw.starts_with(b"\n") {
+        return 1;
+    }
+    let mut i = 0;
+    while let Some(p) = raw[i..].iter().position(|b| *b == b'\n') {
+        let nl = i + p;
+        let rest = &raw[nl + 1..];
+        if rest.starts_with(b"\r\n") {
+            return nl + 3;
+        }
+        if rest.starts_with(b"\n") {
+            return nl + 2;
+        }
+        i = nl + 1;
+    }
+    raw.len()
+}
+
 /// A subscription to one mailbox's changes. Changes are published after
 /// they are durable. A receiver that falls behind gets
 /// `RecvError::Lagged` and must re-read the mailbox state.
@@ -358,6 +399,24 @@ pub trait MailStore: Send + Sync {
         mailbox: MailboxId,
     ) -> Result<Vec<MessageMeta>, StoreError>;
 
+    /// Metadata of the messages whose UID is above `after`, in UID order:
+    /// what an IMAP session told of new messages (`MailboxChange::Added`)
+    /// needs, without reading the whole mailbox again.
+    ///
+    /// The default body reads the whole mailbox with
+    /// [`MailStore::messages`] and keeps the tail: correct, but a store
+    /// should read only the range.
+    async fn messages_after(
+        &self,
+        account: &str,
+        mailbox: MailboxId,
+        after: Uid,
+    ) -> Result<Vec<MessageMeta>, StoreError> {
+        let mut all = self.messages(account, mailbox).await?;
+        all.retain(|m| m.uid > after);
+        Ok(all)
+    }
+
     /// The full content of one message, or `None` if it was expunged.
     async fn message_content(
         &self,
@@ -365,6 +424,37 @@ pub trait MailStore: Send + Sync {
         mailbox: MailboxId,
         uid: Uid,
     ) -> Result<Option<Bytes>, StoreError>;
+
+    /// The content of several messages of one mailbox at once, one entry
+    /// per requested UID in the order given (duplicates included): `None`
+    /// for a UID that is not (or no longer) in the mailbox. With
+    /// [`ContentPart::Header`] each entry holds only the header block
+    /// ([`header_len`]).
+    ///
+    /// Callers bound the batch (number of UIDs and their total size); a
+    /// store should read the batch from one consistent snapshot and
+    /// without a task switch per message. Errors are those of
+    /// [`MailStore::message_content`].
+    ///
+    /// The default body calls [`MailStore::message_content`] per UID:
+    /// correct, but slower for IMAP SEARCH and FETCH over many messages.
+    async fn message_contents(
+        &self,
+        account: &str,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        part: ContentPart,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let mut out = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            let content = self.message_content(account, mailbox, uid).await?;
+            out.push(content.map(|c| match part {
+                ContentPart::Full => c,
+                ContentPart::Header => c.slice(..header_len(&c)),
+            }));
+        }
+        Ok(out)
+    }
 
     /// Changes flags of the given messages. `unchanged_since` applies the
     /// CONDSTORE rule: messages with a higher MODSEQ are not changed.

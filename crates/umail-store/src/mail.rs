@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{ReadableTable, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
-use umail_core::store::{HIERARCHY_SEPARATOR, INBOX};
+use umail_core::store::{ContentPart, HIERARCHY_SEPARATOR, INBOX, header_len};
 use umail_core::{
     AppendOutcome, ChangeFeed, DeliveryTarget, Flag, FlagOp, FlagUpdate, Flags, MailStore,
     MailboxChange, MailboxId, MailboxInfo, MessageMeta, ModSeq, Quota, QuotaUsage, SpecialUse,
@@ -172,6 +172,28 @@ fn messages_of(
     Ok(out)
 }
 
+/// The entries of a mailbox with a UID above `after`, ascending.
+fn messages_after(
+    tx: Tx<'_>,
+    account: &str,
+    mailbox: MailboxId,
+    after: Uid,
+) -> Result<Vec<(Uid, MessageRec)>, DbErr> {
+    let mut out = Vec::new();
+    if after == u32::MAX {
+        return Ok(out);
+    }
+    tx.scan(
+        MESSAGES,
+        (account, mailbox, after + 1)..=(account, mailbox, u32::MAX),
+        |(_, _, uid), v| {
+            out.push((uid, crate::db::dec(v)?));
+            Ok(true)
+        },
+    )?;
+    Ok(out)
+}
+
 fn get_message(
     tx: Tx<'_>,
     account: &str,
@@ -179,6 +201,65 @@ fn get_message(
     uid: Uid,
 ) -> Result<Option<MessageRec>, DbErr> {
     tx.get_json(MESSAGES, (account, mailbox, uid))
+}
+
+/// The blob id of a message record, decoded without the rest of the
+/// record (flags, dates): batch reads need nothing else.
+#[derive(Deserialize)]
+struct BlobOf<'a> {
+    #[serde(borrow)]
+    blob: std::borrow::Cow<'a, str>,
+}
+
+/// Most header-only messages a batch reads on the calling (async) thread:
+/// header blocks are small, and a thread hop per small batch costs more
+/// than the read. Larger batches and whole messages go to the blocking pool.
+const INLINE_HEADER_READS: usize = 64;
+
+/// The content (or header block) of each of `uids`, in order, `None` for
+/// a UID without an entry; the two tables are opened once for the batch.
+fn read_contents(
+    tx: Tx<'_>,
+    account: &str,
+    mailbox: MailboxId,
+    uids: &[Uid],
+    part: ContentPart,
+) -> Result<Vec<Option<Bytes>>, DbErr> {
+    let copy = |v: &[u8]| match part {
+        ContentPart::Full => Bytes::copy_from_slice(v),
+        ContentPart::Header => Bytes::copy_from_slice(&v[..header_len(v)]),
+    };
+    let Tx::Read(r) = tx else {
+        // The writer's transaction never serves IMAP reads; kept correct
+        // with the per-message helpers.
+        let mut out = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            out.push(match get_message(tx, account, mailbox, uid)? {
+                Some(entry) => Some(
+                    tx.get_with(BLOBS, entry.blob.as_str(), |v| Ok(copy(v)))?
+                        .ok_or_else(|| DbErr(format!("blob {} is missing", entry.blob)))?,
+                ),
+                None => None,
+            });
+        }
+        return Ok(out);
+    };
+    let messages = r.open_table(MESSAGES)?;
+    let blobs = r.open_table(BLOBS)?;
+    let mut out = Vec::with_capacity(uids.len());
+    for &uid in uids {
+        let Some(entry) = messages.get((account, mailbox, uid))? else {
+            out.push(None);
+            continue;
+        };
+        let value = entry.value();
+        let rec: BlobOf<'_> = serde_json::from_slice(value)?;
+        let Some(blob) = blobs.get(rec.blob.as_ref())? else {
+            return Err(DbErr(format!("blob {} is missing", rec.blob)));
+        };
+        out.push(Some(copy(blob.value())));
+    }
+    Ok(out)
 }
 
 /// A mailbox's expunge horizon (if any) and its `(uid, modseq)` records.
@@ -930,6 +1011,36 @@ impl MailStore for Store {
         .ok_or_else(|| StoreError::NoSuchMailbox(format!("#{mailbox}")))
     }
 
+    async fn messages_after(
+        &self,
+        account: &str,
+        mailbox: MailboxId,
+        after: Uid,
+    ) -> Result<Vec<MessageMeta>, StoreError> {
+        let account = normalize_account(account);
+        // Usually the one or two messages just added: read on the calling
+        // thread, as the other small reads are.
+        self.mail_read(|tx| {
+            if get_mailbox(tx, &account, mailbox)?.is_none() {
+                return Ok(None);
+            }
+            Ok(Some(
+                messages_after(tx, &account, mailbox, after)?
+                    .into_iter()
+                    .map(|(uid, m)| MessageMeta {
+                        uid,
+                        flags: m.flags,
+                        modseq: m.modseq,
+                        internal_date: m.internal_date,
+                        size: m.size,
+                        blob_id: m.blob,
+                    })
+                    .collect(),
+            ))
+        })?
+        .ok_or_else(|| StoreError::NoSuchMailbox(format!("#{mailbox}")))
+    }
+
     async fn message_content(
         &self,
         account: &str,
@@ -950,6 +1061,23 @@ impl MailStore for Store {
         })
         .await
         .map_err(io)
+    }
+
+    async fn message_contents(
+        &self,
+        account: &str,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        part: ContentPart,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let account = normalize_account(account);
+        if part == ContentPart::Header && uids.len() <= INLINE_HEADER_READS {
+            return self.mail_read(|tx| read_contents(tx, &account, mailbox, uids, part));
+        }
+        let uids = uids.to_vec();
+        self.read_blocking(move |tx| read_contents(tx, &account, mailbox, &uids, part))
+            .await
+            .map_err(io)
     }
 
     async fn update_flags(
