@@ -665,10 +665,29 @@ async fn load(
         ms(percentile(&overall, 0.99)),
         ms(overall.last().copied().unwrap_or_default())
     );
+    // The mix APPENDs, so the mailbox (and the store's page cache, part
+    // of the RSS) grows with throughput: say how large it got.
+    let mut c = Conn::connect(addr).await?;
+    login.login(&mut c).await?;
+    let status = c.ok("STATUS INBOX (MESSAGES)").await?;
+    if let Some(n) = status_messages(&status.data) {
+        println!("INBOX after the run: {n} messages");
+    }
+    c.ok("LOGOUT").await?;
     if let Some((rss, hwm)) = pid.and_then(memory_kib) {
         println!("server RSS {:.1} MiB (peak {:.1} MiB)", mib(rss), mib(hwm));
     }
     Ok(())
+}
+
+fn status_messages(data: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(data);
+    let at = text.find("MESSAGES ")? + "MESSAGES ".len();
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 // ---------------------------------------------------------------------------

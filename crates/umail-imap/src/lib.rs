@@ -16,11 +16,14 @@
 //!   [`grammar`] (the RFC 9051 `body` and `envelope` productions).
 //! * [`search`]: SEARCH evaluation on MIME-decoded text (GB2312/GBK/Big5
 //!   aware through mail-parser).
+//! * [`cache`]: the bounded per-server cache of header summaries that
+//!   header-only SEARCH keys are answered from.
 //! * [`sort`]: SORT / THREAD ordering and threading (RFC 5256, RFC 5957).
 //! * [`server`]: the tokio driver — [`ImapServer::serve_connection`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod codec;
 pub mod grammar;
 pub mod mime;

@@ -45,30 +45,12 @@ impl Part {
     }
 }
 
-/// Finds the end of the header block starting at `start`: returns
-/// `(end of header including blank line, body start)`.
+/// Finds the end of the header block of the entity `start..end`: the
+/// body's start. The one header rule of the store's header-only reads
+/// ([`umail_core::store::header_len`]), so that FETCH of header items from
+/// a header-only read sees the same header as from the whole message.
 fn split_header(data: &[u8], start: usize, end: usize) -> usize {
-    let slice = &data[start..end];
-    // An entity that starts with a blank line has an empty header.
-    if slice.starts_with(b"\r\n") {
-        return start + 2;
-    }
-    if slice.starts_with(b"\n") {
-        return start + 1;
-    }
-    let mut i = 0;
-    while let Some(p) = slice[i..].iter().position(|b| *b == b'\n') {
-        let nl = i + p;
-        let rest = &slice[nl + 1..];
-        if rest.starts_with(b"\r\n") {
-            return start + nl + 3;
-        }
-        if rest.starts_with(b"\n") {
-            return start + nl + 2;
-        }
-        i = nl + 1;
-    }
-    end
+    start + umail_core::store::header_len(&data[start..end])
 }
 
 /// A header field: lower-case name and the byte range of the whole field

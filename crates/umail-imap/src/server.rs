@@ -7,6 +7,9 @@ use umail_core::config::ImapConfig;
 use umail_core::net::LimitExceeded;
 use umail_core::{ConnectionInfo, MaybeTlsStream, Services, Shutdown};
 
+use std::sync::Arc;
+
+use crate::cache::HeaderCache;
 use crate::codec::Framer;
 use crate::session::{Action, InputMode, Session};
 
@@ -19,12 +22,14 @@ pub enum ListenerMode {
     Imaps,
 }
 
-/// An IMAP server: services, configuration and the TLS acceptor.
+/// An IMAP server: services, configuration, the TLS acceptor and the
+/// header cache its sessions share (clones share it too).
 #[derive(Clone)]
 pub struct ImapServer {
     services: Services,
     config: ImapConfig,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    header_cache: Arc<HeaderCache>,
 }
 
 impl std::fmt::Debug for ImapServer {
@@ -52,6 +57,7 @@ impl ImapServer {
             services,
             config,
             tls,
+            header_cache: Arc::new(HeaderCache::default()),
         }
     }
 
@@ -108,7 +114,8 @@ impl ImapServer {
             info,
             self.tls.is_some(),
             tls_active,
-        );
+        )
+        .with_header_cache(Arc::clone(&self.header_cache));
         if let Err(e) = self.run(stream, session, shutdown).await {
             tracing::debug!(target: "imap", error = %e, "connection ended");
         }

@@ -5,24 +5,29 @@
 //! but nothing here touches the network, so every transcript is testable
 //! with byte strings.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
 
 use base64::Engine;
+use bytes::Bytes;
 use tokio::sync::broadcast::error::TryRecvError;
 use umail_core::config::ImapConfig;
 use umail_core::sasl::{AuthStep, Authenticator, Mechanism};
+use umail_core::store::ContentPart;
 use umail_core::{
     ChangeFeed, ConnectionInfo, Flag, FlagOp, Flags, MailboxChange, MailboxId, MailboxInfo,
     MessageMeta, ModSeq, Principal, Protocol, Services, StoreError, Uid,
 };
 
+use crate::cache::{HeaderCache, MailboxKey};
 use crate::codec::{
     self, CommandBody, FetchAttr, FrameEvent, ListReturn, ListSelect, Partial, ResponseBuf,
     SearchKey, SearchReturn, Section, SectionText, SelectParams, SequenceSet, SortCriterion,
     Status, StatusItem, StoreMode, ThreadAlgorithm, flag_list, utf7,
 };
 use crate::mime;
-use crate::search;
+use crate::search::{self, HeaderSummary};
 use crate::sort;
 
 /// The session's protocol state (RFC 9051 §3).
@@ -87,6 +92,9 @@ impl From<MessageMeta> for Msg {
 
 struct Selected {
     id: MailboxId,
+    /// UIDVALIDITY at SELECT: with the id, names this incarnation of the
+    /// mailbox in the header cache.
+    uid_validity: u32,
     name: String,
     read_only: bool,
     /// The session's view: index + 1 is the sequence number.
@@ -340,6 +348,65 @@ pub struct Session {
     closing: bool,
     saved_search: Vec<Uid>,
     starttls: bool,
+    /// Header summaries shared with the server's other sessions; `None`:
+    /// summaries are computed per SEARCH and not kept.
+    header_cache: Option<Arc<HeaderCache>>,
+}
+
+/// Most messages one batch read asks the store for (SEARCH, SORT, THREAD,
+/// FETCH): one read transaction and task switch per batch, not per message.
+const BATCH_MESSAGES: usize = 256;
+
+/// About the most bytes (by RFC822.SIZE) of whole messages one batch holds:
+/// `SEARCH TEXT` or `FETCH 1:* BODY[]` over a large mailbox must not hold
+/// all of it in memory at once. A single larger message is a batch alone.
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// Splits `items` into batches of at most [`BATCH_MESSAGES`] and, when
+/// whole messages are read, about [`BATCH_BYTES`] (`size` of an item).
+fn batches<T>(items: &[T], whole: bool, size: impl Fn(&T) -> u64) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, item) in items.iter().enumerate() {
+        let s = if whole { size(item) } else { 0 };
+        if i > start && (i - start >= BATCH_MESSAGES || bytes.saturating_add(s) > BATCH_BYTES) {
+            out.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(s);
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+/// True when `attr` needs at most the message's header block: FETCH then
+/// reads only that (ENVELOPE, `BODY[HEADER.FIELDS (...)]`, ...).
+fn header_only(attr: &FetchAttr) -> bool {
+    match attr {
+        FetchAttr::Flags
+        | FetchAttr::Uid
+        | FetchAttr::InternalDate
+        | FetchAttr::Rfc822Size
+        | FetchAttr::ModSeq
+        | FetchAttr::Envelope
+        | FetchAttr::Rfc822Header => true,
+        FetchAttr::BodySection { section, .. } => {
+            section.part.is_empty()
+                && matches!(
+                    section.text,
+                    Some(
+                        SectionText::Header
+                            | SectionText::HeaderFields(_)
+                            | SectionText::HeaderFieldsNot(_)
+                    )
+                )
+        }
+        _ => false,
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -377,7 +444,16 @@ impl Session {
             closing: false,
             saved_search: Vec::new(),
             starttls: false,
+            header_cache: None,
         }
+    }
+
+    /// Shares `cache` with the session: header-only SEARCH keys are then
+    /// answered from summaries kept across commands and sessions.
+    /// [`ImapServer`](crate::ImapServer) gives all its sessions one cache.
+    pub fn with_header_cache(mut self, cache: Arc<HeaderCache>) -> Session {
+        self.header_cache = Some(cache);
+        self
     }
 
     // ----- getters -----
@@ -1102,15 +1178,19 @@ impl Session {
                 Err(_) => break,
             }
         }
-        // Flag changes and expunges are applied from the events; only new
-        // messages (whose metadata the events lack), a lagging feed or a
-        // vanished mailbox cost a read of the whole mailbox.
-        if events
-            .iter()
-            .any(|c| matches!(c, MailboxChange::Added { .. } | MailboxChange::Gone))
-        {
+        // Flag changes and expunges are applied from the events; new
+        // messages (whose metadata the events lack) are read as the range
+        // above the last known UID, after the events were applied: every
+        // drained event was committed before that read, so the read sees
+        // at least their state, and later changes come as later events.
+        // Only a lagging feed or a vanished mailbox cost a read of the
+        // whole mailbox.
+        if events.iter().any(|c| matches!(c, MailboxChange::Gone)) {
             sel.dirty = true;
         }
+        let added = events
+            .iter()
+            .any(|c| matches!(c, MailboxChange::Added { .. }));
         if !sel.dirty {
             for change in events {
                 match change {
@@ -1145,6 +1225,22 @@ impl Session {
                         }
                     }
                     MailboxChange::Added { .. } | MailboxChange::Gone => {}
+                }
+            }
+            if added {
+                match self
+                    .services
+                    .store
+                    .messages_after(&account, sel.id, sel.max_uid())
+                    .await
+                {
+                    Ok(new) if !new.is_empty() => {
+                        sel.msgs.extend(new.into_iter().map(Msg::from));
+                        self.out.untagged(&format!("{} EXISTS", sel.msgs.len()));
+                    }
+                    Ok(_) => {}
+                    // Fall back to a whole read (just below).
+                    Err(_) => sel.dirty = true,
                 }
             }
         }
@@ -1454,7 +1550,8 @@ impl Session {
     async fn select(&mut self, raw: &[u8], read_only: bool, params: SelectParams) -> Done {
         // RFC 9051 §6.3.2: selecting deselects first; rev2 announces it.
         // RFC 7162 §3.2.11: QRESYNC clients get [CLOSED] too.
-        if self.selected.take().is_some() && (self.enabled.rev2 || self.enabled.qresync) {
+        let previous = self.selected.take();
+        if previous.is_some() && (self.enabled.rev2 || self.enabled.qresync) {
             self.out
                 .untagged_status(Status::Ok, Some("CLOSED"), "Previous mailbox closed");
         }
@@ -1477,14 +1574,43 @@ impl Session {
             Ok(None) => return Done::no(Some("NONEXISTENT"), "No such mailbox"),
             Err(e) => return store_error(&e),
         };
-        // Subscribe before reading so that no change is missed.
-        let feed = match store.watch(&account, info.id).await {
-            Ok(f) => f,
-            Err(e) => return store_error(&e),
-        };
-        let msgs: Vec<Msg> = match store.messages(&account, info.id).await {
-            Ok(m) => m.into_iter().map(Msg::from).collect(),
-            Err(e) => return store_error(&e),
+        // Selecting again the mailbox (same incarnation) that is selected,
+        // as clients do to refresh: its view, brought up to date from the
+        // change feed (what `sync` does at every command; a lagging feed
+        // makes it read the mailbox), is what a fresh read would give,
+        // without decoding every message's metadata again. What the update
+        // would have announced is dropped: the new view replaces the old.
+        let mut reused: Option<(ChangeFeed, Vec<Msg>)> = None;
+        if let Some(prev) = previous
+            && prev.id == info.id
+            && prev.uid_validity == info.uid_validity
+            && prev.idle_view.is_none()
+        {
+            self.selected = Some(prev);
+            let shown = std::mem::replace(&mut self.out, ResponseBuf::new());
+            self.sync(true).await;
+            self.out = shown;
+            if let Some(prev) = self.selected.take()
+                && !prev.dirty
+            {
+                let msgs = prev.msgs.into_iter().filter(|m| !m.expunged).collect();
+                reused = Some((prev.feed, msgs));
+            }
+        }
+        let (feed, msgs) = match reused {
+            Some(r) => r,
+            None => {
+                // Subscribe before reading so that no change is missed.
+                let feed = match store.watch(&account, info.id).await {
+                    Ok(f) => f,
+                    Err(e) => return store_error(&e),
+                };
+                let msgs: Vec<Msg> = match store.messages(&account, info.id).await {
+                    Ok(m) => m.into_iter().map(Msg::from).collect(),
+                    Err(e) => return store_error(&e),
+                };
+                (feed, msgs)
+            }
         };
         let mut keywords: Vec<String> = Vec::new();
         for m in &msgs {
@@ -1562,6 +1688,7 @@ impl Session {
         }
         self.selected = Some(Selected {
             id: info.id,
+            uid_validity: info.uid_validity,
             name: info.name.clone(),
             read_only,
             msgs,
@@ -2164,6 +2291,8 @@ impl Session {
         let Some(sel) = self.selected.as_ref() else {
             return Vec::new();
         };
+        let prepared = search::prepare(criteria);
+        let criteria = &prepared;
         let needs_content = search::needs_content(criteria);
         let ctx = search::SearchContext {
             exists: sel.msgs.len() as u32,
@@ -2180,58 +2309,139 @@ impl Session {
             _ if !needs_content => vec![criteria],
             _ => Vec::new(),
         };
-        let mut hits: Vec<Hit> = Vec::new();
-        for (i, m) in sel.msgs.iter().enumerate() {
-            if m.expunged {
-                continue;
-            }
-            let seq = i as u32 + 1;
-            let cand = search::Candidate {
-                seq,
+        let candidate = |i: usize| {
+            let m = &sel.msgs[i];
+            search::Candidate {
+                seq: i as u32 + 1,
                 uid: m.uid,
                 flags: &m.flags,
                 modseq: m.modseq,
                 internal_date: m.internal_date,
                 size: m.size,
-            };
-            if !cheap
-                .iter()
-                .all(|k| search::matches(k, &cand, &ctx, &mut search::Content::new(None)))
-            {
-                continue;
             }
-            let raw = if needs_content || headers {
-                self.services
-                    .store
-                    .message_content(&account, sel.id, m.uid)
-                    .await
-                    .ok()
-                    .flatten()
-            } else {
-                None
-            };
-            // Header keys alone: parse only the header block.
-            let text = raw.as_deref().map(|r| {
-                if needs_body {
-                    r
-                } else {
-                    search::header_block(r)
-                }
-            });
-            let mut content = search::Content::new(text);
-            if needs_content && !search::matches(criteria, &cand, &ctx, &mut content) {
-                continue;
-            }
-            let parsed = if headers { content.message() } else { None };
-            let info = sort::SortMessage::new(seq, m.uid, m.internal_date, m.size, parsed);
-            hits.push(Hit {
+        };
+        let hit = |i: usize, parsed: Option<&mail_parser::Message<'_>>| {
+            let m = &sel.msgs[i];
+            let seq = i as u32 + 1;
+            Hit {
                 seq,
                 uid: m.uid,
                 modseq: m.modseq,
-                info,
-            });
+                info: sort::SortMessage::new(seq, m.uid, m.internal_date, m.size, parsed),
+            }
+        };
+        let mut cands: Vec<usize> = Vec::new();
+        for (i, m) in sel.msgs.iter().enumerate() {
+            if m.expunged {
+                continue;
+            }
+            let cand = candidate(i);
+            if cheap
+                .iter()
+                .all(|k| search::matches(k, &cand, &ctx, &mut search::Content::new(None)))
+            {
+                cands.push(i);
+            }
+        }
+        if !needs_content && !headers {
+            return cands.into_iter().map(|i| hit(i, None)).collect();
+        }
+        // Header-only keys (the common SUBJECT / FROM searches) go through
+        // header summaries, kept in the server's cache; the rest reads the
+        // candidates in batches (only their header blocks unless a key
+        // needs the body) and parses them.
+        let summarized =
+            needs_content && !needs_body && !headers && search::summary_answers(criteria);
+        let part = if needs_body {
+            ContentPart::Full
+        } else {
+            ContentPart::Header
+        };
+        let mut hits: Vec<Hit> = Vec::new();
+        for batch in batches(&cands, needs_body, |&i| sel.msgs[i].size) {
+            let uids: Vec<Uid> = batch.iter().map(|&i| sel.msgs[i].uid).collect();
+            if summarized {
+                let summaries = self.summaries(&account, sel, &uids).await;
+                for (&i, summary) in batch.iter().zip(summaries) {
+                    if search::matches(
+                        criteria,
+                        &candidate(i),
+                        &ctx,
+                        &mut search::Content::summary(summary),
+                    ) {
+                        hits.push(hit(i, None));
+                    }
+                }
+                continue;
+            }
+            // A failed read leaves the batch without content, as a
+            // message expunged meanwhile: text keys do not match it.
+            let contents = self
+                .services
+                .store
+                .message_contents(&account, sel.id, &uids, part)
+                .await
+                .unwrap_or_else(|_| vec![None; uids.len()]);
+            for (&i, raw) in batch.iter().zip(contents) {
+                // Header keys alone: parse only the header block.
+                let text = raw.as_deref().map(|r| {
+                    if needs_body {
+                        r
+                    } else {
+                        search::header_block(r)
+                    }
+                });
+                let mut content = search::Content::new(text);
+                if needs_content && !search::matches(criteria, &candidate(i), &ctx, &mut content) {
+                    continue;
+                }
+                hits.push(hit(i, if headers { content.message() } else { None }));
+            }
         }
         hits
+    }
+
+    /// The header summaries of `uids` (of the selected mailbox `sel`), in
+    /// order: from the cache, else from one batch read of the missing
+    /// header blocks (then kept). `None` for a message gone from the store.
+    async fn summaries(
+        &self,
+        account: &str,
+        sel: &Selected,
+        uids: &[Uid],
+    ) -> Vec<Option<Arc<HeaderSummary>>> {
+        let key = MailboxKey {
+            account: account.to_string(),
+            mailbox: sel.id,
+            uid_validity: sel.uid_validity,
+        };
+        let mut out = match &self.header_cache {
+            Some(c) => c.get_many(&key, uids),
+            None => vec![None; uids.len()],
+        };
+        let missing: Vec<usize> = (0..uids.len()).filter(|&j| out[j].is_none()).collect();
+        if missing.is_empty() {
+            return out;
+        }
+        let missing_uids: Vec<Uid> = missing.iter().map(|&j| uids[j]).collect();
+        let contents = self
+            .services
+            .store
+            .message_contents(account, sel.id, &missing_uids, ContentPart::Header)
+            .await
+            .unwrap_or_else(|_| vec![None; missing_uids.len()]);
+        let mut fresh = Vec::new();
+        for (&j, raw) in missing.iter().zip(contents) {
+            if let Some(raw) = raw {
+                let summary = Arc::new(HeaderSummary::parse(search::header_block(&raw)));
+                fresh.push((uids[j], Arc::clone(&summary)));
+                out[j] = Some(summary);
+            }
+        }
+        if let Some(c) = &self.header_cache {
+            c.insert_many(&key, &fresh);
+        }
+        out
     }
 
     async fn search(
@@ -2273,9 +2483,12 @@ impl Session {
         };
         match returns {
             None => {
-                let mut line = String::from("SEARCH");
+                // Thousands of numbers: written in place, not one
+                // allocation each.
+                let mut line = String::with_capacity(7 + numbers.len() * 6);
+                line.push_str("SEARCH");
                 for n in &numbers {
-                    line.push_str(&format!(" {n}"));
+                    let _ = write!(line, " {n}");
                 }
                 if let (true, Some(m)) = (with_modseq, max_modseq) {
                     line.push_str(&format!(" (MODSEQ {m})"));
@@ -2355,9 +2568,10 @@ impl Session {
             .collect();
         match returns {
             None => {
-                let mut line = String::from("SORT");
+                let mut line = String::with_capacity(5 + numbers.len() * 6);
+                line.push_str("SORT");
                 for n in &numbers {
-                    line.push_str(&format!(" {n}"));
+                    let _ = write!(line, " {n}");
                 }
                 // RFC 7162 §3.1.5: a MODSEQ search key adds the highest MODSEQ.
                 if let (true, Some(m)) = (with_modseq, max_modseq) {
@@ -2487,205 +2701,235 @@ impl Session {
             return Done::bad("No mailbox selected");
         };
         let (mbox, read_only) = (sel.id, sel.read_only);
+        // Header items alone (the usual message-list FETCH) read only the
+        // header blocks; either way the contents come in batches.
+        let part = if attrs.iter().all(header_only) {
+            ContentPart::Header
+        } else {
+            ContentPart::Full
+        };
+        let whole = part == ContentPart::Full;
+        let sizes: Vec<u64> = idx.iter().map(|&i| sel.msgs[i].size).collect();
         let mut had_expunged = false;
-        for i in idx {
-            let Some(m) = self.selected.as_ref().map(|s| s.msgs[i].clone()) else {
-                break;
-            };
-            if m.expunged {
-                had_expunged = true;
-                continue;
+        let mut done = 0;
+        for batch in batches(&sizes, whole, |s| *s) {
+            let batch_idx = &idx[done..done + batch.len()];
+            done += batch.len();
+            let mut contents: HashMap<Uid, Option<Bytes>> = HashMap::new();
+            if needs_content && let Some(sel) = self.selected.as_ref() {
+                let uids: Vec<Uid> = batch_idx
+                    .iter()
+                    .map(|&i| &sel.msgs[i])
+                    .filter(|m| !m.expunged && changed_since.is_none_or(|cs| m.modseq > cs))
+                    .map(|m| m.uid)
+                    .collect();
+                if !uids.is_empty() {
+                    match self
+                        .services
+                        .store
+                        .message_contents(&account, mbox, &uids, part)
+                        .await
+                    {
+                        Ok(c) => contents = uids.into_iter().zip(c).collect(),
+                        Err(e) => return store_error(&e),
+                    }
+                }
             }
-            if let Some(cs) = changed_since
-                && m.modseq <= cs
-            {
-                continue;
-            }
-            let content = if needs_content {
-                match self
-                    .services
-                    .store
-                    .message_content(&account, mbox, m.uid)
-                    .await
+            for &i in batch_idx {
+                let Some(m) = self.selected.as_ref().map(|s| s.msgs[i].clone()) else {
+                    break;
+                };
+                if m.expunged {
+                    had_expunged = true;
+                    continue;
+                }
+                if let Some(cs) = changed_since
+                    && m.modseq <= cs
                 {
-                    Ok(Some(c)) => Some(c),
-                    Ok(None) => {
-                        had_expunged = true;
-                        continue;
-                    }
-                    Err(e) => return store_error(&e),
+                    continue;
                 }
-            } else {
-                None
-            };
-            let mut m = m;
-            let mut flags_changed = false;
-            // RFC 9051 §6.4.5: BODY[...] (not PEEK) sets \Seen.
-            if sets_seen && !read_only && !m.flags.contains(&Flag::Seen) {
-                let mut seen = Flags::new();
-                seen.insert(Flag::Seen);
-                if let Ok(upd) = self
-                    .services
-                    .store
-                    .update_flags(&account, mbox, &[m.uid], FlagOp::Add, &seen, None)
-                    .await
-                    && let Some((_, f, ms)) = upd.updated.into_iter().find(|u| u.0 == m.uid)
-                {
-                    m.flags = f;
-                    m.modseq = ms;
-                    flags_changed = true;
-                    if let Some(s) = self.selected.as_mut() {
-                        s.msgs[i].flags = m.flags.clone();
-                        s.msgs[i].modseq = ms;
-                    }
-                }
-            }
-            let data: &[u8] = content.as_deref().unwrap_or_default();
-            let tree = content.as_ref().map(|c| mime::parse(c));
-            self.out.raw(format!("* {} FETCH (", i + 1));
-            let mut first = true;
-            let mut wrote_flags = false;
-            let mut sep = |out: &mut ResponseBuf| {
-                if !first {
-                    out.raw(" ");
-                }
-                first = false;
-            };
-            for a in &attrs {
-                sep(&mut self.out);
-                match a {
-                    FetchAttr::Uid => {
-                        self.out.raw(format!("UID {}", m.uid));
-                    }
-                    FetchAttr::Flags => {
-                        wrote_flags = true;
-                        self.out.raw(format!("FLAGS {}", flag_list(&m.flags)));
-                    }
-                    FetchAttr::InternalDate => {
-                        self.out.raw(format!(
-                            "INTERNALDATE {}",
-                            format_internal_date(m.internal_date)
-                        ));
-                    }
-                    FetchAttr::Rfc822Size => {
-                        self.out.raw(format!("RFC822.SIZE {}", m.size));
-                    }
-                    FetchAttr::ModSeq => {
-                        self.out.raw(format!("MODSEQ ({})", m.modseq));
-                    }
-                    FetchAttr::Envelope => {
-                        self.out.raw("ENVELOPE ");
-                        if let Some(t) = &tree {
-                            mime::write_envelope(&mut self.out, data, t);
+                let content = if needs_content {
+                    // `get`, not `remove`: a set naming a message twice
+                    // fetches it twice (a `Bytes` clone is a refcount).
+                    match contents.get(&m.uid).cloned().flatten() {
+                        Some(c) => Some(c),
+                        None => {
+                            had_expunged = true;
+                            continue;
                         }
                     }
-                    FetchAttr::Body | FetchAttr::BodyStructure => {
-                        let ext = *a == FetchAttr::BodyStructure;
-                        self.out.raw(if ext { "BODYSTRUCTURE " } else { "BODY " });
-                        if let Some(t) = &tree {
-                            mime::write_body_structure(&mut self.out, data, t, ext);
-                        }
-                    }
-                    FetchAttr::Rfc822 => {
-                        self.out.raw("RFC822 ").literal(data);
-                    }
-                    FetchAttr::Rfc822Header | FetchAttr::Rfc822Text => {
-                        let header = *a == FetchAttr::Rfc822Header;
-                        let bytes = tree
-                            .as_ref()
-                            .and_then(|t| {
-                                mime::section_bytes(
-                                    data,
-                                    t,
-                                    &Section {
-                                        part: vec![],
-                                        text: Some(if header {
-                                            SectionText::Header
-                                        } else {
-                                            SectionText::Text
-                                        }),
-                                    },
-                                )
-                            })
-                            .unwrap_or_default();
-                        self.out
-                            .raw(if header {
-                                "RFC822.HEADER "
-                            } else {
-                                "RFC822.TEXT "
-                            })
-                            .literal(&bytes);
-                    }
-                    FetchAttr::BodySection {
-                        section, partial, ..
-                    } => {
-                        let bytes = tree
-                            .as_ref()
-                            .and_then(|t| mime::section_bytes(data, t, section));
-                        let spec = section_spec(section);
-                        match bytes {
-                            Some(b) => {
-                                let (b, origin) = apply_partial(b, *partial);
-                                self.out.raw(format!("BODY[{spec}]{origin} ")).literal(&b);
-                            }
-                            // RFC 9051 §6.4.5: a missing part reads as NIL.
-                            None => {
-                                self.out.raw(format!("BODY[{spec}] NIL"));
-                            }
-                        }
-                    }
-                    FetchAttr::Binary { part, partial, .. } => {
-                        let spec = part
-                            .iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join(".");
-                        match tree.as_ref().map(|t| mime::binary_bytes(data, t, part)) {
-                            Some(Ok(b)) => {
-                                let (b, origin) = apply_partial(b, *partial);
-                                self.out.raw(format!("BINARY[{spec}]{origin} ")).literal(&b);
-                            }
-                            Some(Err(mime::BinaryError::UnknownCte)) => {
-                                self.out.raw(b"NIL)\r\n");
-                                return Done::no(Some("UNKNOWN-CTE"), "Cannot decode part");
-                            }
-                            _ => {
-                                self.out.raw(format!("BINARY[{spec}] NIL"));
-                            }
-                        }
-                    }
-                    FetchAttr::BinarySize { part } => {
-                        let spec = part
-                            .iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join(".");
-                        match tree.as_ref().map(|t| mime::binary_bytes(data, t, part)) {
-                            Some(Ok(b)) => {
-                                self.out.raw(format!("BINARY.SIZE[{spec}] {}", b.len()));
-                            }
-                            Some(Err(mime::BinaryError::UnknownCte)) => {
-                                self.out.raw(b"NIL)\r\n");
-                                return Done::no(Some("UNKNOWN-CTE"), "Cannot decode part");
-                            }
-                            _ => {
-                                self.out.raw(format!("BINARY.SIZE[{spec}] 0"));
-                            }
+                } else {
+                    None
+                };
+                let mut m = m;
+                let mut flags_changed = false;
+                // RFC 9051 §6.4.5: BODY[...] (not PEEK) sets \Seen.
+                if sets_seen && !read_only && !m.flags.contains(&Flag::Seen) {
+                    let mut seen = Flags::new();
+                    seen.insert(Flag::Seen);
+                    if let Ok(upd) = self
+                        .services
+                        .store
+                        .update_flags(&account, mbox, &[m.uid], FlagOp::Add, &seen, None)
+                        .await
+                        && let Some((_, f, ms)) = upd.updated.into_iter().find(|u| u.0 == m.uid)
+                    {
+                        m.flags = f;
+                        m.modseq = ms;
+                        flags_changed = true;
+                        if let Some(s) = self.selected.as_mut() {
+                            s.msgs[i].flags = m.flags.clone();
+                            s.msgs[i].modseq = ms;
                         }
                     }
                 }
+                let data: &[u8] = content.as_deref().unwrap_or_default();
+                let tree = content.as_ref().map(|c| mime::parse(c));
+                self.out.raw(format!("* {} FETCH (", i + 1));
+                let mut first = true;
+                let mut wrote_flags = false;
+                let mut sep = |out: &mut ResponseBuf| {
+                    if !first {
+                        out.raw(" ");
+                    }
+                    first = false;
+                };
+                for a in &attrs {
+                    sep(&mut self.out);
+                    match a {
+                        FetchAttr::Uid => {
+                            self.out.raw(format!("UID {}", m.uid));
+                        }
+                        FetchAttr::Flags => {
+                            wrote_flags = true;
+                            self.out.raw(format!("FLAGS {}", flag_list(&m.flags)));
+                        }
+                        FetchAttr::InternalDate => {
+                            self.out.raw(format!(
+                                "INTERNALDATE {}",
+                                format_internal_date(m.internal_date)
+                            ));
+                        }
+                        FetchAttr::Rfc822Size => {
+                            self.out.raw(format!("RFC822.SIZE {}", m.size));
+                        }
+                        FetchAttr::ModSeq => {
+                            self.out.raw(format!("MODSEQ ({})", m.modseq));
+                        }
+                        FetchAttr::Envelope => {
+                            self.out.raw("ENVELOPE ");
+                            if let Some(t) = &tree {
+                                mime::write_envelope(&mut self.out, data, t);
+                            }
+                        }
+                        FetchAttr::Body | FetchAttr::BodyStructure => {
+                            let ext = *a == FetchAttr::BodyStructure;
+                            self.out.raw(if ext { "BODYSTRUCTURE " } else { "BODY " });
+                            if let Some(t) = &tree {
+                                mime::write_body_structure(&mut self.out, data, t, ext);
+                            }
+                        }
+                        FetchAttr::Rfc822 => {
+                            self.out.raw("RFC822 ").literal(data);
+                        }
+                        FetchAttr::Rfc822Header | FetchAttr::Rfc822Text => {
+                            let header = *a == FetchAttr::Rfc822Header;
+                            let bytes = tree
+                                .as_ref()
+                                .and_then(|t| {
+                                    mime::section_bytes(
+                                        data,
+                                        t,
+                                        &Section {
+                                            part: vec![],
+                                            text: Some(if header {
+                                                SectionText::Header
+                                            } else {
+                                                SectionText::Text
+                                            }),
+                                        },
+                                    )
+                                })
+                                .unwrap_or_default();
+                            self.out
+                                .raw(if header {
+                                    "RFC822.HEADER "
+                                } else {
+                                    "RFC822.TEXT "
+                                })
+                                .literal(&bytes);
+                        }
+                        FetchAttr::BodySection {
+                            section, partial, ..
+                        } => {
+                            let bytes = tree
+                                .as_ref()
+                                .and_then(|t| mime::section_bytes(data, t, section));
+                            let spec = section_spec(section);
+                            match bytes {
+                                Some(b) => {
+                                    let (b, origin) = apply_partial(b, *partial);
+                                    self.out.raw(format!("BODY[{spec}]{origin} ")).literal(&b);
+                                }
+                                // RFC 9051 §6.4.5: a missing part reads as NIL.
+                                None => {
+                                    self.out.raw(format!("BODY[{spec}] NIL"));
+                                }
+                            }
+                        }
+                        FetchAttr::Binary { part, partial, .. } => {
+                            let spec = part
+                                .iter()
+                                .map(|p| p.to_string())
+                                .collect::<Vec<_>>()
+                                .join(".");
+                            match tree.as_ref().map(|t| mime::binary_bytes(data, t, part)) {
+                                Some(Ok(b)) => {
+                                    let (b, origin) = apply_partial(b, *partial);
+                                    self.out.raw(format!("BINARY[{spec}]{origin} ")).literal(&b);
+                                }
+                                Some(Err(mime::BinaryError::UnknownCte)) => {
+                                    self.out.raw(b"NIL)\r\n");
+                                    return Done::no(Some("UNKNOWN-CTE"), "Cannot decode part");
+                                }
+                                _ => {
+                                    self.out.raw(format!("BINARY[{spec}] NIL"));
+                                }
+                            }
+                        }
+                        FetchAttr::BinarySize { part } => {
+                            let spec = part
+                                .iter()
+                                .map(|p| p.to_string())
+                                .collect::<Vec<_>>()
+                                .join(".");
+                            match tree.as_ref().map(|t| mime::binary_bytes(data, t, part)) {
+                                Some(Ok(b)) => {
+                                    self.out.raw(format!("BINARY.SIZE[{spec}] {}", b.len()));
+                                }
+                                Some(Err(mime::BinaryError::UnknownCte)) => {
+                                    self.out.raw(b"NIL)\r\n");
+                                    return Done::no(Some("UNKNOWN-CTE"), "Cannot decode part");
+                                }
+                                _ => {
+                                    self.out.raw(format!("BINARY.SIZE[{spec}] 0"));
+                                }
+                            }
+                        }
+                    }
+                }
+                if flags_changed && !wrote_flags {
+                    sep(&mut self.out);
+                    self.out.raw(format!("FLAGS {}", flag_list(&m.flags)));
+                    wrote_flags = true;
+                }
+                // RFC 7162 §3.1.4.1: with CONDSTORE, FETCH with FLAGS carries MODSEQ.
+                if condstore && wrote_flags && !attrs.contains(&FetchAttr::ModSeq) {
+                    sep(&mut self.out);
+                    self.out.raw(format!("MODSEQ ({})", m.modseq));
+                }
+                self.out.raw(")").crlf();
             }
-            if flags_changed && !wrote_flags {
-                sep(&mut self.out);
-                self.out.raw(format!("FLAGS {}", flag_list(&m.flags)));
-                wrote_flags = true;
-            }
-            // RFC 7162 §3.1.4.1: with CONDSTORE, FETCH with FLAGS carries MODSEQ.
-            if condstore && wrote_flags && !attrs.contains(&FetchAttr::ModSeq) {
-                sep(&mut self.out);
-                self.out.raw(format!("MODSEQ ({})", m.modseq));
-            }
-            self.out.raw(")").crlf();
         }
         if had_expunged {
             // RFC 9051 §7.5.1 / RFC 5530: some messages were expunged meanwhile.

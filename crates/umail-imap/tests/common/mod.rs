@@ -8,6 +8,7 @@ use umail_core::config::{ImapConfig, SecurityConfig};
 use umail_core::lockout::AuthLockout;
 use umail_core::memory::{MemoryDirectory, MemoryMailStore, MemoryQueue};
 use umail_core::{ConnectionInfo, FilterChain, Services};
+use umail_imap::cache::HeaderCache;
 use umail_imap::codec::Framer;
 use umail_imap::{InputMode, Session};
 
@@ -15,6 +16,8 @@ pub struct Env {
     pub services: Services,
     pub directory: Arc<MemoryDirectory>,
     pub store: Arc<MemoryMailStore>,
+    /// Shared by every client of the environment, as a server shares it.
+    pub cache: Arc<HeaderCache>,
 }
 
 pub fn env() -> Env {
@@ -34,6 +37,7 @@ pub fn env() -> Env {
         services,
         directory,
         store,
+        cache: Arc::new(HeaderCache::default()),
     }
 }
 
@@ -61,7 +65,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(env: &Env, config: ImapConfig) -> Client {
-        let mut session = Session::new(env.services.clone(), config, info(), true, false);
+        let mut session = Session::new(env.services.clone(), config, info(), true, false)
+            .with_header_cache(env.cache.clone());
         session.greeting();
         let framer = Framer::new(session.framer_limits());
         Client {
