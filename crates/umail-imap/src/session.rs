@@ -202,6 +202,55 @@ struct Hit {
     info: sort::SortMessage,
 }
 
+/// What an ESEARCH response reports: SEARCH and SORT choose MIN, MAX and
+/// the ALL rendering differently (numeric order vs sort order).
+struct EsearchResult<F: FnOnce() -> String> {
+    min: Option<u32>,
+    max: Option<u32>,
+    count: usize,
+    all: F,
+    /// The highest MODSEQ, when a MODSEQ search key asks for it.
+    modseq: Option<ModSeq>,
+}
+
+/// The `ESEARCH` response (RFC 4731 §3.1, RFC 5267 §3.2) for the requested
+/// return options; MIN, MAX and ALL are omitted when nothing matched.
+fn esearch_line<F: FnOnce() -> String>(
+    tag: &str,
+    uid: bool,
+    opts: &[SearchReturn],
+    result: EsearchResult<F>,
+) -> String {
+    let mut line = String::from("ESEARCH (TAG ");
+    let mut q = ResponseBuf::new();
+    q.string(tag.as_bytes());
+    line.push_str(&String::from_utf8_lossy(&q.take()));
+    line.push(')');
+    if uid {
+        line.push_str(" UID");
+    }
+    if opts.contains(&SearchReturn::Min)
+        && let Some(m) = result.min
+    {
+        line.push_str(&format!(" MIN {m}"));
+    }
+    if opts.contains(&SearchReturn::Max)
+        && let Some(m) = result.max
+    {
+        line.push_str(&format!(" MAX {m}"));
+    }
+    if opts.contains(&SearchReturn::Count) {
+        line.push_str(&format!(" COUNT {}", result.count));
+    }
+    if opts.contains(&SearchReturn::All) && result.count > 0 {
+        line.push_str(&format!(" ALL {}", (result.all)()));
+    }
+    if let Some(m) = result.modseq {
+        line.push_str(&format!(" MODSEQ {m}"));
+    }
+    line
+}
+
 /// RFC 9051 §6.4.4 / RFC 5256 §3: UTF-8 and US-ASCII are supported; any
 /// other charset gets `NO [BADCHARSET (...)]` listing them.
 fn check_charset(charset: &str) -> Result<(), Done> {
@@ -2504,34 +2553,18 @@ impl Session {
                 }
                 // RFC 5182 §2.1: SAVE alone returns no ESEARCH.
                 if opts.iter().any(|o| *o != SearchReturn::Save) {
-                    let mut line = String::from("ESEARCH (TAG ");
-                    let mut q = ResponseBuf::new();
-                    q.string(tag.as_bytes());
-                    line.push_str(&String::from_utf8_lossy(&q.take()));
-                    line.push(')');
-                    if uid {
-                        line.push_str(" UID");
-                    }
-                    // RFC 4731 §3.1: MIN/MAX/ALL are omitted when nothing matched.
-                    if opts.contains(&SearchReturn::Min)
-                        && let Some(m) = numbers.iter().min()
-                    {
-                        line.push_str(&format!(" MIN {m}"));
-                    }
-                    if opts.contains(&SearchReturn::Max)
-                        && let Some(m) = numbers.iter().max()
-                    {
-                        line.push_str(&format!(" MAX {m}"));
-                    }
-                    if opts.contains(&SearchReturn::Count) {
-                        line.push_str(&format!(" COUNT {}", numbers.len()));
-                    }
-                    if opts.contains(&SearchReturn::All) && !numbers.is_empty() {
-                        line.push_str(&format!(" ALL {}", set_string(&numbers)));
-                    }
-                    if let (true, Some(m)) = (with_modseq, max_modseq) {
-                        line.push_str(&format!(" MODSEQ {m}"));
-                    }
+                    let line = esearch_line(
+                        tag,
+                        uid,
+                        &opts,
+                        EsearchResult {
+                            min: numbers.iter().min().copied(),
+                            max: numbers.iter().max().copied(),
+                            count: numbers.len(),
+                            all: || set_string(&numbers),
+                            modseq: max_modseq.filter(|_| with_modseq),
+                        },
+                    );
                     self.out.untagged(&line);
                 }
             }
@@ -2590,35 +2623,20 @@ impl Session {
                     self.saved_search = uids;
                 }
                 if opts.iter().any(|o| *o != SearchReturn::Save) {
-                    let mut line = String::from("ESEARCH (TAG ");
-                    let mut q = ResponseBuf::new();
-                    q.string(tag.as_bytes());
-                    line.push_str(&String::from_utf8_lossy(&q.take()));
-                    line.push(')');
-                    if uid {
-                        line.push_str(" UID");
-                    }
                     // RFC 5267 §3.2: MIN and MAX are the first and last
                     // message in sort order, ALL lists them in sort order.
-                    if opts.contains(&SearchReturn::Min)
-                        && let Some(m) = numbers.first()
-                    {
-                        line.push_str(&format!(" MIN {m}"));
-                    }
-                    if opts.contains(&SearchReturn::Max)
-                        && let Some(m) = numbers.last()
-                    {
-                        line.push_str(&format!(" MAX {m}"));
-                    }
-                    if opts.contains(&SearchReturn::Count) {
-                        line.push_str(&format!(" COUNT {}", numbers.len()));
-                    }
-                    if opts.contains(&SearchReturn::All) && !numbers.is_empty() {
-                        line.push_str(&format!(" ALL {}", ordered_set_string(&numbers)));
-                    }
-                    if let (true, Some(m)) = (with_modseq, max_modseq) {
-                        line.push_str(&format!(" MODSEQ {m}"));
-                    }
+                    let line = esearch_line(
+                        tag,
+                        uid,
+                        &opts,
+                        EsearchResult {
+                            min: numbers.first().copied(),
+                            max: numbers.last().copied(),
+                            count: numbers.len(),
+                            all: || ordered_set_string(&numbers),
+                            modseq: max_modseq.filter(|_| with_modseq),
+                        },
+                    );
                     self.out.untagged(&line);
                 }
             }
