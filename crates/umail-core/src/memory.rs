@@ -984,6 +984,121 @@ impl QueueStore for MemoryQueue {
     }
 }
 
+/// A [`MailStore`] that forwards every required method to the store it
+/// wraps and keeps the trait's default bodies for the optional ones
+/// (`expunged_since`, `messages_after`, `message_contents`): how a minimal
+/// third-party store behaves. Tests of those defaults, and of how callers
+/// fall back when a store offers only the minimum, use it.
+pub struct RequiredOnly(pub std::sync::Arc<dyn MailStore>);
+
+impl std::fmt::Debug for RequiredOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequiredOnly")
+    }
+}
+
+#[async_trait]
+impl MailStore for RequiredOnly {
+    async fn list_mailboxes(&self, a: &str) -> Result<Vec<MailboxInfo>, StoreError> {
+        self.0.list_mailboxes(a).await
+    }
+    async fn mailbox(&self, a: &str, n: &str) -> Result<Option<MailboxInfo>, StoreError> {
+        self.0.mailbox(a, n).await
+    }
+    async fn create_mailbox(
+        &self,
+        a: &str,
+        n: &str,
+        u: Option<SpecialUse>,
+    ) -> Result<MailboxInfo, StoreError> {
+        self.0.create_mailbox(a, n, u).await
+    }
+    async fn rename_mailbox(&self, a: &str, f: &str, t: &str) -> Result<(), StoreError> {
+        self.0.rename_mailbox(a, f, t).await
+    }
+    async fn delete_mailbox(&self, a: &str, n: &str) -> Result<(), StoreError> {
+        self.0.delete_mailbox(a, n).await
+    }
+    async fn set_subscribed(&self, a: &str, n: &str, s: bool) -> Result<(), StoreError> {
+        self.0.set_subscribed(a, n, s).await
+    }
+    async fn append(
+        &self,
+        a: &str,
+        m: &str,
+        msg: Bytes,
+        f: Flags,
+        d: i64,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.0.append(a, m, msg, f, d).await
+    }
+    async fn deliver(
+        &self,
+        msg: Bytes,
+        d: i64,
+        t: &[DeliveryTarget],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        self.0.deliver(msg, d, t).await
+    }
+    async fn messages(&self, a: &str, m: MailboxId) -> Result<Vec<MessageMeta>, StoreError> {
+        self.0.messages(a, m).await
+    }
+    async fn message_content(
+        &self,
+        a: &str,
+        m: MailboxId,
+        u: Uid,
+    ) -> Result<Option<Bytes>, StoreError> {
+        self.0.message_content(a, m, u).await
+    }
+    async fn update_flags(
+        &self,
+        a: &str,
+        m: MailboxId,
+        u: &[Uid],
+        op: FlagOp,
+        f: &Flags,
+        s: Option<ModSeq>,
+    ) -> Result<FlagUpdate, StoreError> {
+        self.0.update_flags(a, m, u, op, f, s).await
+    }
+    async fn expunge(
+        &self,
+        a: &str,
+        m: MailboxId,
+        u: Option<&[Uid]>,
+    ) -> Result<Vec<Uid>, StoreError> {
+        self.0.expunge(a, m, u).await
+    }
+    async fn remove(&self, a: &str, m: MailboxId, u: &[Uid]) -> Result<Vec<Uid>, StoreError> {
+        self.0.remove(a, m, u).await
+    }
+    async fn copy(
+        &self,
+        a: &str,
+        f: MailboxId,
+        u: &[Uid],
+        t: &str,
+    ) -> Result<(u32, Vec<(Uid, Uid)>), StoreError> {
+        self.0.copy(a, f, u, t).await
+    }
+    async fn move_messages(
+        &self,
+        a: &str,
+        f: MailboxId,
+        u: &[Uid],
+        t: &str,
+    ) -> Result<(u32, Vec<(Uid, Uid)>), StoreError> {
+        self.0.move_messages(a, f, u, t).await
+    }
+    async fn quota_usage(&self, a: &str) -> Result<QuotaUsage, StoreError> {
+        self.0.quota_usage(a).await
+    }
+    async fn watch(&self, a: &str, m: MailboxId) -> Result<ChangeFeed, StoreError> {
+        self.0.watch(a, m).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,14 +7,8 @@ mod common;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use common::*;
-use umail_core::memory::MemoryMailStore;
-use umail_core::{
-    AppendOutcome, ChangeFeed, DeliveryTarget, FlagOp, FlagUpdate, Flags, MailStore, MailboxId,
-    MailboxInfo, MessageMeta, ModSeq, QuotaUsage, SpecialUse, StoreError, Uid,
-};
+use umail_core::memory::RequiredOnly;
 
 fn has_line(out: &str, line: &str) -> bool {
     out.lines().any(|l| l == line)
@@ -176,116 +170,10 @@ async fn qresync_select_fetch_and_vanished() {
     assert!(!r.contains("EXPUNGE"), "{r}");
 }
 
-/// A store that keeps no expunge records: `expunged_since` is the trait's
-/// default (`None`).
-struct Forgetful(Arc<MemoryMailStore>);
-
-#[async_trait]
-impl MailStore for Forgetful {
-    async fn list_mailboxes(&self, a: &str) -> Result<Vec<MailboxInfo>, StoreError> {
-        self.0.list_mailboxes(a).await
-    }
-    async fn mailbox(&self, a: &str, n: &str) -> Result<Option<MailboxInfo>, StoreError> {
-        self.0.mailbox(a, n).await
-    }
-    async fn create_mailbox(
-        &self,
-        a: &str,
-        n: &str,
-        u: Option<SpecialUse>,
-    ) -> Result<MailboxInfo, StoreError> {
-        self.0.create_mailbox(a, n, u).await
-    }
-    async fn rename_mailbox(&self, a: &str, f: &str, t: &str) -> Result<(), StoreError> {
-        self.0.rename_mailbox(a, f, t).await
-    }
-    async fn delete_mailbox(&self, a: &str, n: &str) -> Result<(), StoreError> {
-        self.0.delete_mailbox(a, n).await
-    }
-    async fn set_subscribed(&self, a: &str, n: &str, s: bool) -> Result<(), StoreError> {
-        self.0.set_subscribed(a, n, s).await
-    }
-    async fn append(
-        &self,
-        a: &str,
-        m: &str,
-        msg: Bytes,
-        f: Flags,
-        d: i64,
-    ) -> Result<AppendOutcome, StoreError> {
-        self.0.append(a, m, msg, f, d).await
-    }
-    async fn deliver(
-        &self,
-        msg: Bytes,
-        d: i64,
-        t: &[DeliveryTarget],
-    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-        self.0.deliver(msg, d, t).await
-    }
-    async fn messages(&self, a: &str, m: MailboxId) -> Result<Vec<MessageMeta>, StoreError> {
-        self.0.messages(a, m).await
-    }
-    async fn message_content(
-        &self,
-        a: &str,
-        m: MailboxId,
-        u: Uid,
-    ) -> Result<Option<Bytes>, StoreError> {
-        self.0.message_content(a, m, u).await
-    }
-    async fn update_flags(
-        &self,
-        a: &str,
-        m: MailboxId,
-        u: &[Uid],
-        op: FlagOp,
-        f: &Flags,
-        s: Option<ModSeq>,
-    ) -> Result<FlagUpdate, StoreError> {
-        self.0.update_flags(a, m, u, op, f, s).await
-    }
-    async fn expunge(
-        &self,
-        a: &str,
-        m: MailboxId,
-        u: Option<&[Uid]>,
-    ) -> Result<Vec<Uid>, StoreError> {
-        self.0.expunge(a, m, u).await
-    }
-    async fn remove(&self, a: &str, m: MailboxId, u: &[Uid]) -> Result<Vec<Uid>, StoreError> {
-        self.0.remove(a, m, u).await
-    }
-    async fn copy(
-        &self,
-        a: &str,
-        f: MailboxId,
-        u: &[Uid],
-        t: &str,
-    ) -> Result<(u32, Vec<(Uid, Uid)>), StoreError> {
-        self.0.copy(a, f, u, t).await
-    }
-    async fn move_messages(
-        &self,
-        a: &str,
-        f: MailboxId,
-        u: &[Uid],
-        t: &str,
-    ) -> Result<(u32, Vec<(Uid, Uid)>), StoreError> {
-        self.0.move_messages(a, f, u, t).await
-    }
-    async fn quota_usage(&self, a: &str) -> Result<QuotaUsage, StoreError> {
-        self.0.quota_usage(a).await
-    }
-    async fn watch(&self, a: &str, m: MailboxId) -> Result<ChangeFeed, StoreError> {
-        self.0.watch(a, m).await
-    }
-}
-
 #[tokio::test]
 async fn qresync_without_expunge_records_falls_back_to_known_uids() {
     let mut env = env();
-    env.services.store = Arc::new(Forgetful(env.store.clone()));
+    env.services.store = Arc::new(RequiredOnly(env.store.clone()));
     let mut a = logged_in_with(&env, 6).await;
     a.send("e ENABLE QRESYNC\r\n").await;
     let mut b = other_session(&env).await;
