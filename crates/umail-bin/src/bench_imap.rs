@@ -2,7 +2,8 @@
 //!
 //! Without `--target` it starts a `umail serve` child on a temporary data
 //! directory (the real binary and durable store, with an `imap` listener
-//! on loopback, `max_sessions` and `max_sessions_per_ip` raised and the
+//! on loopback, `max_sessions`, `max_sessions_per_ip` and the per-account
+//! IMAP session limit raised and the
 //! child's open-file limit raised through `sh -c 'ulimit -n …'`), fills its
 //! administrator's INBOX and then:
 //!
@@ -119,7 +120,7 @@ pub async fn run(args: ImapBenchArgs) -> Result<()> {
             let server = BenchServer::start(
                 dir,
                 &format!(
-                    "max_sessions = {sessions}\nmax_sessions_per_ip = {sessions}\n\n[listeners]\nimap = [\"127.0.0.1:0\"]\n\n[imap]\nplaintext_auth_without_tls = true\n\n[log]\nlevel = \"warn\""
+                    "max_sessions = {sessions}\nmax_sessions_per_ip = {sessions}\n\n[listeners]\nimap = [\"127.0.0.1:0\"]\n\n[imap]\nplaintext_auth_without_tls = true\nmax_sessions_per_user = 0\n\n[log]\nlevel = \"warn\""
                 ),
             )?;
             let addr = server.listener("imap")?;

@@ -203,6 +203,9 @@ pub struct ImapConfig {
     pub max_line: usize,
     /// Failed LOGIN/AUTHENTICATE attempts before the connection is closed. Default 3.
     pub max_auth_failures: usize,
+    /// Most concurrent logged-in IMAP sessions per account (0 = unlimited).
+    /// Default 50: several devices with a few connections each.
+    pub max_sessions_per_user: usize,
 }
 
 impl Default for ImapConfig {
@@ -215,6 +218,7 @@ impl Default for ImapConfig {
             append_limit: 52_428_800,
             max_line: 65_536,
             max_auth_failures: 3,
+            max_sessions_per_user: 50,
         }
     }
 }

@@ -177,6 +177,70 @@ pub enum LimitExceeded {
     PerIp,
 }
 
+/// Counts concurrent logged-in sessions per account, so that one account
+/// (a client gone wild, a stolen password) cannot hold every connection.
+/// Shared by the sessions of one protocol server; see
+/// [`AccountSessions::try_acquire`].
+#[derive(Debug, Default)]
+pub struct AccountSessions {
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+/// A held per-account session slot, released on drop.
+#[derive(Debug)]
+pub struct AccountSessionSlot {
+    registry: Arc<AccountSessions>,
+    account: String,
+}
+
+impl AccountSessions {
+    /// A registry with no sessions.
+    pub fn new() -> Arc<AccountSessions> {
+        Arc::new(AccountSessions::default())
+    }
+
+    /// Takes a slot for `account`, or `None` when it already has `max`
+    /// sessions (`0` = unlimited). Keep the slot for the session's life.
+    pub fn try_acquire(self: &Arc<Self>, account: &str, max: usize) -> Option<AccountSessionSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(account.to_string()).or_insert(0);
+        if max != 0 && *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AccountSessionSlot {
+            registry: Arc::clone(self),
+            account: account.to_string(),
+        })
+    }
+
+    /// Sessions `account` holds now.
+    pub fn count(&self, account: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(account)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for AccountSessionSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .registry
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = counts.get_mut(&self.account) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                counts.remove(&self.account);
+            }
+        }
+    }
+}
+
 /// Counts concurrent sessions globally and per client IP.
 #[derive(Debug)]
 pub struct ConnectionLimiter {

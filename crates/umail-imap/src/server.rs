@@ -4,7 +4,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 use umail_core::config::ImapConfig;
-use umail_core::net::LimitExceeded;
+use umail_core::net::{AccountSessions, LimitExceeded};
 use umail_core::{ConnectionInfo, MaybeTlsStream, Services, Shutdown};
 
 use std::sync::Arc;
@@ -30,6 +30,8 @@ pub struct ImapServer {
     config: ImapConfig,
     tls: Option<tokio_rustls::TlsAcceptor>,
     header_cache: Arc<HeaderCache>,
+    /// Logged-in sessions per account (`max_sessions_per_user`).
+    account_sessions: Arc<AccountSessions>,
 }
 
 impl std::fmt::Debug for ImapServer {
@@ -58,6 +60,7 @@ impl ImapServer {
             config,
             tls,
             header_cache: Arc::new(HeaderCache::default()),
+            account_sessions: AccountSessions::new(),
         }
     }
 
@@ -115,7 +118,8 @@ impl ImapServer {
             self.tls.is_some(),
             tls_active,
         )
-        .with_header_cache(Arc::clone(&self.header_cache));
+        .with_header_cache(Arc::clone(&self.header_cache))
+        .with_account_sessions(Arc::clone(&self.account_sessions));
         if let Err(e) = self.run(stream, session, shutdown).await {
             tracing::debug!(target: "imap", error = %e, "connection ended");
         }

@@ -13,6 +13,7 @@ use base64::Engine;
 use bytes::Bytes;
 use tokio::sync::broadcast::error::TryRecvError;
 use umail_core::config::ImapConfig;
+use umail_core::net::{AccountSessionSlot, AccountSessions};
 use umail_core::sasl::{AuthStep, Authenticator, Mechanism};
 use umail_core::store::ContentPart;
 use umail_core::{
@@ -400,6 +401,10 @@ pub struct Session {
     /// Header summaries shared with the server's other sessions; `None`:
     /// summaries are computed per SEARCH and not kept.
     header_cache: Option<Arc<HeaderCache>>,
+    /// Per-account session counting, when the server provides it.
+    account_sessions: Option<Arc<AccountSessions>>,
+    /// This session's count while logged in.
+    session_slot: Option<AccountSessionSlot>,
 }
 
 /// Most messages one batch read asks the store for (SEARCH, SORT, THREAD,
@@ -494,6 +499,8 @@ impl Session {
             saved_search: Vec::new(),
             starttls: false,
             header_cache: None,
+            account_sessions: None,
+            session_slot: None,
         }
     }
 
@@ -502,6 +509,14 @@ impl Session {
     /// [`ImapServer`](crate::ImapServer) gives all its sessions one cache.
     pub fn with_header_cache(mut self, cache: Arc<HeaderCache>) -> Session {
         self.header_cache = Some(cache);
+        self
+    }
+
+    /// Counts this session's login in `sessions` and refuses it when the
+    /// account already has `max_sessions_per_user` sessions.
+    /// [`ImapServer`](crate::ImapServer) gives all its sessions one registry.
+    pub fn with_account_sessions(mut self, sessions: Arc<AccountSessions>) -> Session {
+        self.account_sessions = Some(sessions);
         self
     }
 
@@ -1007,6 +1022,22 @@ impl Session {
                 "IMAP access is not enabled for this account",
             );
             return None;
+        }
+        if let Some(sessions) = &self.account_sessions {
+            match sessions.try_acquire(&principal.account(), self.config.max_sessions_per_user) {
+                Some(slot) => self.session_slot = Some(slot),
+                None => {
+                    // RFC 5530 §3: LIMIT, an implementation limit was hit.
+                    tracing::info!(target: "imap", session = self.info.session_id, user = %principal.account(), "too many sessions for the account");
+                    self.out.tagged(
+                        tag,
+                        Status::No,
+                        Some("LIMIT"),
+                        "Too many concurrent IMAP sessions for this account",
+                    );
+                    return None;
+                }
+            }
         }
         self.services.lockout.record_success(self.info.peer.ip());
         tracing::info!(target: "imap", session = self.info.session_id, user = %principal.account(), "logged in");

@@ -51,6 +51,53 @@ async fn greeting_and_capabilities_before_tls() {
 }
 
 #[tokio::test]
+async fn sessions_per_account_are_limited_and_freed_on_logout() {
+    let env = env();
+    let config = ImapConfig {
+        max_sessions_per_user: 2,
+        ..plaintext_config()
+    };
+    let mut first = Client::new(&env, config.clone());
+    let mut second = Client::new(&env, config.clone());
+    let mut third = Client::new(&env, config.clone());
+    assert!(
+        first
+            .login("alice@example.com", "secret")
+            .await
+            .contains("l1 OK")
+    );
+    assert!(
+        second
+            .login("alice@example.com", "secret")
+            .await
+            .contains("l1 OK")
+    );
+    let r = third.login("alice@example.com", "secret").await;
+    assert!(r.contains("l1 NO [LIMIT]"), "{r}");
+    assert_eq!(third.session.state(), SessionState::NotAuthenticated);
+    assert_eq!(env.sessions.count("alice@example.com"), 2);
+    // Another account is not affected.
+    let mut bob = Client::new(&env, config.clone());
+    assert!(
+        bob.login("bob@example.com", "hunter2")
+            .await
+            .contains("l1 OK")
+    );
+    // The slot is freed when the session ends (LOGOUT, then the close).
+    let r = first.send("x LOGOUT\r\n").await;
+    assert!(r.contains("x OK"), "{r}");
+    drop(first);
+    assert!(
+        third
+            .login("alice@example.com", "secret")
+            .await
+            .contains("l1 OK")
+    );
+    drop(second);
+    assert_eq!(env.sessions.count("alice@example.com"), 1);
+}
+
+#[tokio::test]
 async fn commands_in_wrong_state_and_malformed() {
     let env = env();
     let mut c = Client::new(&env, plaintext_config());

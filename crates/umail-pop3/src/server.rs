@@ -1,9 +1,8 @@
 //! The tokio driver: owns the socket, feeds lines to a [`Session`], performs
 //! its requests against [`Services`] and writes its outputs.
 
-use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -29,49 +28,8 @@ pub enum ListenerMode {
     Pop3s,
 }
 
-/// Counts concurrent sessions per account (`max_sessions_per_user`).
-#[derive(Debug, Default)]
-struct SessionRegistry {
-    counts: Mutex<HashMap<String, usize>>,
-}
-
-/// A held per-account session slot, released on drop.
-#[derive(Debug)]
-pub(crate) struct SessionSlot {
-    registry: Arc<SessionRegistry>,
-    account: String,
-}
-
-impl SessionRegistry {
-    fn try_acquire(self: &Arc<Self>, account: &str, max: usize) -> Option<SessionSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(account.to_string()).or_insert(0);
-        if max != 0 && *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(SessionSlot {
-            registry: Arc::clone(self),
-            account: account.to_string(),
-        })
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .registry
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = counts.get_mut(&self.account) {
-            *c = c.saturating_sub(1);
-            if *c == 0 {
-                counts.remove(&self.account);
-            }
-        }
-    }
-}
+/// A held per-account session slot (`max_sessions_per_user`).
+pub(crate) type SessionSlot = umail_core::net::AccountSessionSlot;
 
 /// The POP3 server: shared by every connection of the `pop3` and `pop3s`
 /// listeners.
@@ -80,7 +38,7 @@ pub struct Pop3Server {
     services: Services,
     config: Pop3Config,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    sessions: Arc<SessionRegistry>,
+    sessions: Arc<umail_core::net::AccountSessions>,
 }
 
 impl std::fmt::Debug for Pop3Server {
@@ -108,7 +66,7 @@ impl Pop3Server {
             services,
             config,
             tls,
-            sessions: Arc::new(SessionRegistry::default()),
+            sessions: umail_core::net::AccountSessions::new(),
         }
     }
 
@@ -119,13 +77,7 @@ impl Pop3Server {
 
     /// Sessions currently logged in to `account`.
     pub fn sessions_of(&self, account: &str) -> usize {
-        self.sessions
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(account)
-            .copied()
-            .unwrap_or(0)
+        self.sessions.count(account)
     }
 
     /// Tells a client that the connection limits are reached and closes.

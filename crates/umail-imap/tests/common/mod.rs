@@ -7,6 +7,7 @@ use std::sync::Arc;
 use umail_core::config::{ImapConfig, SecurityConfig};
 use umail_core::lockout::AuthLockout;
 use umail_core::memory::{MemoryDirectory, MemoryMailStore, MemoryQueue};
+use umail_core::net::AccountSessions;
 use umail_core::{ConnectionInfo, FilterChain, Services};
 use umail_imap::cache::HeaderCache;
 use umail_imap::codec::Framer;
@@ -18,6 +19,8 @@ pub struct Env {
     pub store: Arc<MemoryMailStore>,
     /// Shared by every client of the environment, as a server shares it.
     pub cache: Arc<HeaderCache>,
+    /// Logged-in sessions per account, shared like `cache`.
+    pub sessions: Arc<AccountSessions>,
 }
 
 pub fn env() -> Env {
@@ -38,6 +41,7 @@ pub fn env() -> Env {
         directory,
         store,
         cache: Arc::new(HeaderCache::default()),
+        sessions: AccountSessions::new(),
     }
 }
 
@@ -66,7 +70,8 @@ pub struct Client {
 impl Client {
     pub fn new(env: &Env, config: ImapConfig) -> Client {
         let mut session = Session::new(env.services.clone(), config, info(), true, false)
-            .with_header_cache(env.cache.clone());
+            .with_header_cache(env.cache.clone())
+            .with_account_sessions(env.sessions.clone());
         session.greeting();
         let framer = Framer::new(session.framer_limits());
         Client {
