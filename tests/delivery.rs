@@ -1006,6 +1006,18 @@ fn higher_priority_leaves_first_and_operators_can_change_it() {
     wait_until("all four to be deferred", || {
         queue_ids(&sender, Some("deferred")).len() == 4
     });
+    let summary = sender.umail_ok(&["queue", "summary"]);
+    let row = |name: &str| -> Vec<String> {
+        summary
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} in {summary}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(row("(all)")[1..5], ["0", "4", "0", "0"], "{summary}");
+    assert_eq!(row("peer.test")[1..5], ["0", "4", "0", "0"], "{summary}");
     let list = sender.umail_ok(&["queue", "list"]);
     let priority_of = |list: &str, mid_index: usize| {
         // Rows are id, queue, priority, ...; ids ascend with submission.

@@ -28,6 +28,9 @@ pub enum QueueCmd {
         #[arg(long)]
         queue: Option<String>,
     },
+    /// Entries per destination domain and queue, busiest first, with the
+    /// age of the oldest: where a backlog is, at a glance.
+    Summary,
     /// Show one entry with its recipients and attempt log.
     Show {
         /// Queue id (16 hex digits).
@@ -112,6 +115,8 @@ pub enum DeliveryRequest {
         /// Filter by state.
         state: Option<QueueState>,
     },
+    /// Entries per destination and queue.
+    QueueSummary,
     /// Show an entry.
     QueueShow {
         /// Id.
@@ -181,6 +186,7 @@ pub fn queue_request(cmd: QueueCmd) -> Result<DeliveryRequest> {
         QueueCmd::List { queue } => DeliveryRequest::QueueList {
             state: queue.as_deref().map(parse_state).transpose()?,
         },
+        QueueCmd::Summary => DeliveryRequest::QueueSummary,
         QueueCmd::Show { id } => DeliveryRequest::QueueShow { id },
         QueueCmd::Flush { id, domain } => DeliveryRequest::QueueFlush { id, domain },
         QueueCmd::Hold { id } => DeliveryRequest::QueueHold { id },
@@ -286,6 +292,10 @@ pub async fn execute(store: &Store, request: DeliveryRequest) -> AdminReply {
                 .to_vec(),
                 rows,
             })
+        }
+        DeliveryRequest::QueueSummary => {
+            let entries = store.list(None).await.map_err(|e| e.to_string())?;
+            Ok(summary(&entries, now))
         }
         DeliveryRequest::QueueShow { id } => {
             let e = entry(store, &id).await?;
@@ -422,6 +432,85 @@ pub async fn execute(store: &Store, request: DeliveryRequest) -> AdminReply {
     }
 }
 
+/// Counts per destination domain (of the recipients still to deliver; a
+/// failed entry counts under its failed recipients' domains): active,
+/// deferred, held, failed, and the age of the oldest entry. The first row
+/// totals every entry once.
+fn summary(entries: &[QueueEntry], now: i64) -> Output {
+    #[derive(Default)]
+    struct Row {
+        by_state: [usize; 4],
+        oldest: Option<i64>,
+    }
+    let slot = |s: QueueState| match s {
+        QueueState::Active => 0,
+        QueueState::Deferred => 1,
+        QueueState::Held => 2,
+        QueueState::Failed => 3,
+    };
+    let mut total = Row::default();
+    let mut rows: std::collections::BTreeMap<String, Row> = Default::default();
+    for e in entries {
+        let mut domains: Vec<String> = e
+            .envelope
+            .recipients
+            .iter()
+            .zip(&e.status)
+            .filter(|(_, st)| !matches!(st, RecipientStatus::Delivered { .. }))
+            .map(|(r, _)| r.address.domain().as_str().to_ascii_lowercase())
+            .collect();
+        domains.sort();
+        domains.dedup();
+        let count = |row: &mut Row| {
+            row.by_state[slot(e.state)] += 1;
+            row.oldest = Some(row.oldest.map_or(e.created, |o| o.min(e.created)));
+        };
+        for d in domains {
+            count(rows.entry(d).or_default());
+        }
+        count(&mut total);
+    }
+    let age = |oldest: Option<i64>| match oldest {
+        None => "-".to_string(),
+        Some(t) => {
+            let secs = (now - t).max(0);
+            if secs >= 86_400 {
+                format!("{}d{}h", secs / 86_400, secs % 86_400 / 3600)
+            } else if secs >= 3600 {
+                format!("{}h{}m", secs / 3600, secs % 3600 / 60)
+            } else {
+                format!("{}m{}s", secs / 60, secs % 60)
+            }
+        }
+    };
+    let render = |name: String, r: &Row| {
+        let mut v = vec![name];
+        v.extend(r.by_state.iter().map(|n| n.to_string()));
+        v.push(age(r.oldest));
+        v
+    };
+    let mut sorted: Vec<(String, Row)> = rows.into_iter().collect();
+    sorted.sort_by(|a, b| {
+        let n = |r: &Row| r.by_state.iter().sum::<usize>();
+        n(&b.1).cmp(&n(&a.1)).then_with(|| a.0.cmp(&b.0))
+    });
+    let mut out = vec![render("(all)".into(), &total)];
+    out.extend(sorted.iter().map(|(d, r)| render(d.clone(), r)));
+    Output::Table {
+        columns: [
+            "destination",
+            "active",
+            "deferred",
+            "held",
+            "failed",
+            "oldest",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: out,
+    }
+}
+
 fn dkim_output(domain: &str, selector: &str, txt: &str) -> Output {
     Output::Record {
         fields: vec![
@@ -472,4 +561,49 @@ pub fn spawn_runner(config: &Config, store: Store, services: Services, shutdown:
         config.delivery.clone(),
     ));
     tokio::spawn(runner.run(shutdown));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use umail_core::{EnqueueOptions, Envelope, Recipient, ReversePath};
+
+    fn entry(id: u64, rcpts: &[&str], state: QueueState, created: i64) -> QueueEntry {
+        let mut env = Envelope::new(ReversePath::Null);
+        for r in rcpts {
+            env.recipients.push(Recipient::new(r.parse().unwrap()));
+        }
+        let mut e = QueueEntry::new(QueueId(id), env, 1, created, &EnqueueOptions::default());
+        e.state = state;
+        e
+    }
+
+    #[test]
+    fn summary_counts_each_entry_once_per_destination_and_in_total() {
+        let mut partly = entry(3, &["a@one.test", "b@two.test"], QueueState::Deferred, 100);
+        partly.status[1] = RecipientStatus::Delivered {
+            reply: "250 ok".into(),
+        };
+        let entries = vec![
+            entry(1, &["a@one.test", "b@ONE.test"], QueueState::Active, 3000),
+            entry(2, &["a@two.test"], QueueState::Held, 200),
+            partly,
+            entry(4, &["x@one.test"], QueueState::Failed, 50),
+        ];
+        let Output::Table { rows, .. } = summary(&entries, 3600) else {
+            panic!("a table");
+        };
+        let rows: Vec<Vec<&str>> = rows
+            .iter()
+            .map(|r| r.iter().map(String::as_str).collect())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec!["(all)", "1", "1", "1", "1", "59m10s"],
+                vec!["one.test", "1", "1", "0", "1", "59m10s"],
+                vec!["two.test", "0", "0", "1", "0", "56m40s"],
+            ]
+        );
+    }
 }
