@@ -1253,3 +1253,43 @@ fn a_blocked_destination_does_not_starve_the_others() {
     });
     wait_queue_settled(&sender);
 }
+
+#[test]
+fn scheduled_sending_waits_in_the_queue_until_released() {
+    let peer = Peer::start(|_| Script::Normal);
+    let mut sender = sender(peer.port);
+    // smtplib passes MAIL parameters through mail_options.
+    let hold = "orig = s.sendmail\ns.sendmail = lambda fr, to, m: orig(fr, to, m, mail_options=['HOLDFOR=3600'])";
+    submit(
+        &sender,
+        &["bob@peer.test", "alice@example.com"],
+        "later@example.com",
+        hold,
+    );
+    let ids = queue_ids(&sender, Some("active"));
+    assert_eq!(ids.len(), 1, "both copies wait in one entry");
+    let show = sender.umail_ok(&["queue", "show", &ids[0]]);
+    let next = show
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("next_attempt"))
+        .map(|v| v.trim().trim_start_matches(':').trim().to_string())
+        .unwrap_or_else(|| panic!("{show}"));
+    let next = chrono::NaiveDateTime::parse_from_str(&next, "%Y-%m-%d %H:%M:%S UTC")
+        .unwrap_or_else(|e| panic!("{next:?}: {e}"))
+        .and_utc()
+        .timestamp();
+    assert!(
+        next > umail_core::unix_now() + 3000,
+        "released in an hour: {show}"
+    );
+    assert_eq!(peer.transactions(), 0);
+    // The operator (or the clock) releases it.
+    sender.umail_ok(&["queue", "flush", &ids[0]]);
+    wait_until("the released message at the peer", || {
+        peer.messages().len() == 1
+    });
+    wait_queue_settled(&sender);
+    assert_eq!(message_ids(&peer), ["later@example.com"]);
+    let inbox = inbox(&mut sender, "alice@example.com");
+    assert_eq!(inbox.len(), 1, "the local copy is delivered at release too");
+}

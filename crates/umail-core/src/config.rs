@@ -162,6 +162,11 @@ pub struct SmtpConfig {
     pub over_quota_temporary: bool,
     /// Text after the hostname in the 220 greeting. Default `ESMTP umail`.
     pub banner: String,
+    /// Longest delay a submitter may ask for with `HOLDFOR`/`HOLDUNTIL`
+    /// (FUTURERELEASE, RFC 4865: scheduled sending), seconds; 0 turns the
+    /// extension off. Offered on the submission listeners only. Default
+    /// 604800 (7 days).
+    pub max_future_release_secs: u64,
 }
 
 impl Default for SmtpConfig {
@@ -181,6 +186,7 @@ impl Default for SmtpConfig {
             sender_must_match_auth: true,
             over_quota_temporary: false,
             banner: "ESMTP umail".to_string(),
+            max_future_release_secs: 604_800,
         }
     }
 }

@@ -272,6 +272,10 @@ pub struct Envelope {
     pub declared_size: Option<u64>,
     /// Authenticated submitter.
     pub auth: Option<Address>,
+    /// Unix time before which the message must not be delivered: the
+    /// submitter's `HOLDFOR`/`HOLDUNTIL` (FUTURERELEASE, RFC 4865).
+    #[serde(default)]
+    pub release_at: Option<i64>,
 }
 
 impl Envelope {
@@ -286,6 +290,7 @@ impl Envelope {
             envid: None,
             declared_size: None,
             auth: None,
+            release_at: None,
         }
     }
 }

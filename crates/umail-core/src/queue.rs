@@ -88,6 +88,9 @@ pub struct EnqueueOptions {
     /// quarantine) in the same commit, with the reason as its first
     /// attempt-log line, so no crash can let it leave unapproved.
     pub hold: Option<String>,
+    /// First attempt no earlier than this Unix time (scheduled sending);
+    /// `None` or a past time: at once.
+    pub not_before: Option<i64>,
 }
 
 impl EnqueueOptions {
@@ -96,7 +99,14 @@ impl EnqueueOptions {
         EnqueueOptions {
             priority,
             hold: None,
+            not_before: None,
         }
+    }
+
+    /// Delays the first attempt until `at` (Unix time).
+    pub fn not_before(mut self, at: i64) -> EnqueueOptions {
+        self.not_before = Some(at);
+        self
     }
 
     /// Sets the entry to be held, with the reason the operator will see.
@@ -175,7 +185,8 @@ pub struct QueueEntry {
 
 impl QueueEntry {
     /// A new entry as `enqueue_with` stores it: every recipient pending,
-    /// due at `now`, active or (with `options.hold`) held.
+    /// due at `now` (or `options.not_before`), active or (with
+    /// `options.hold`) held.
     pub fn new(
         id: QueueId,
         envelope: Envelope,
@@ -200,7 +211,7 @@ impl QueueEntry {
             envelope,
             state,
             created: now,
-            next_attempt: now,
+            next_attempt: options.not_before.map_or(now, |t| t.max(now)),
             attempts: 0,
             size,
             log,

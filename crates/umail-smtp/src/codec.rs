@@ -29,6 +29,10 @@ pub struct MailParams {
     /// `AUTH=` as xtext, verbatim (RFC 4954 §5). Informational only: the
     /// server never trusts it.
     pub auth: Option<String>,
+    /// `HOLDFOR=` seconds (FUTURERELEASE, RFC 4865 §3).
+    pub hold_for: Option<u64>,
+    /// `HOLDUNTIL=` as Unix time (RFC 4865 §3, an RFC 3339 date-time).
+    pub hold_until: Option<i64>,
 }
 
 /// Parameters of `RCPT TO` (RFC 3461 §4).
@@ -430,11 +434,29 @@ fn parse_mail(args: &str) -> Result<Command, ParseError> {
                 }
                 out.auth = Some(v.to_string());
             }
-            ("SIZE" | "BODY" | "RET" | "ENVID" | "AUTH", None) | ("SMTPUTF8", Some(_)) => {
+            // RFC 4865 §3: holdfor-value = 1*9DIGIT (seconds).
+            ("HOLDFOR", Some(v)) => {
+                if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ParseError::Syntax("HOLDFOR=seconds"));
+                }
+                out.hold_for = Some(v.parse().unwrap_or(u64::MAX));
+            }
+            // RFC 4865 §3: holduntil-value = date-time (RFC 3339).
+            ("HOLDUNTIL", Some(v)) => {
+                let t = chrono::DateTime::parse_from_rfc3339(v)
+                    .map_err(|_| ParseError::Syntax("HOLDUNTIL=RFC 3339 date-time"))?;
+                out.hold_until = Some(t.timestamp());
+            }
+            ("SIZE" | "BODY" | "RET" | "ENVID" | "AUTH" | "HOLDFOR" | "HOLDUNTIL", None)
+            | ("SMTPUTF8", Some(_)) => {
                 return Err(ParseError::Syntax("parameter value missing or not allowed"));
             }
             (other, _) => return Err(ParseError::UnknownParameter(other.to_string())),
         }
+    }
+    if out.hold_for.is_some() && out.hold_until.is_some() {
+        // RFC 4865 §3: at most one of HOLDFOR and HOLDUNTIL.
+        return Err(ParseError::Syntax("HOLDFOR and HOLDUNTIL together"));
     }
     Ok(Command::Mail { from, params: out })
 }
@@ -882,6 +904,41 @@ mod tests {
     }
 
     #[test]
+    fn parses_future_release_parameters() {
+        let hold = |line: &[u8]| match parse_command(line) {
+            Ok(Command::Mail { params, .. }) => Ok((params.hold_for, params.hold_until)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            hold(b"MAIL FROM:<a@b.example> HOLDFOR=3600"),
+            Ok((Some(3600), None))
+        );
+        assert_eq!(
+            hold(b"MAIL FROM:<a@b.example> HOLDUNTIL=2026-11-24T12:00:00Z"),
+            Ok((None, Some(1_795_521_600)))
+        );
+        assert_eq!(
+            hold(b"MAIL FROM:<a@b.example> holduntil=2026-11-24T20:00:00+08:00"),
+            Ok((None, Some(1_795_521_600)))
+        );
+        for bad in [
+            &b"MAIL FROM:<a@b.example> HOLDFOR=1234567890"[..],
+            b"MAIL FROM:<a@b.example> HOLDFOR=-1",
+            b"MAIL FROM:<a@b.example> HOLDFOR=",
+            b"MAIL FROM:<a@b.example> HOLDFOR",
+            b"MAIL FROM:<a@b.example> HOLDUNTIL=tomorrow",
+            b"MAIL FROM:<a@b.example> HOLDFOR=60 HOLDUNTIL=2026-11-24T12:00:00Z",
+        ] {
+            assert!(
+                matches!(hold(bad), Err(ParseError::Syntax(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
     fn parses_mail_from_with_parameters() {
         let c = parse_command(
             b"MAIL FROM:<alice@example.com> SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abc+2B1 AUTH=<>",
@@ -898,6 +955,7 @@ mod tests {
                     ret: Some(DsnReturn::Headers),
                     envid: Some("abc+2B1".into()),
                     auth: Some("<>".into()),
+                    ..MailParams::default()
                 }
             }
         );

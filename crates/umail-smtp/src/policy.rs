@@ -551,7 +551,30 @@ impl Policy {
                 .collect();
             all.extend(remotes);
             tracing::info!(target: "smtp.in", id = %id_text, reason = %why, "message held for approval");
-            let options = EnqueueOptions::with_priority(priority).held(why);
+            let mut options = EnqueueOptions::with_priority(priority).held(why);
+            options.not_before = envelope.release_at;
+            return match self.enqueue(envelope, all, &message, &options).await {
+                Ok(_) => ok,
+                Err(r) => r,
+            };
+        }
+
+        // Scheduled sending (FUTURERELEASE, RFC 4865): every copy, local
+        // ones too, waits in the queue until the release time.
+        if let Some(at) = envelope
+            .release_at
+            .filter(|at| *at > umail_core::unix_now())
+        {
+            let mut all: Vec<Recipient> = locals
+                .iter()
+                .map(|(l, _)| Recipient::new(l.address.clone()))
+                .collect();
+            all.extend(remotes);
+            let mut options = EnqueueOptions::with_priority(priority).not_before(at);
+            if let Some(why) = &marks.quarantine {
+                options = options.held(format!("quarantined: {why}"));
+            }
+            tracing::info!(target: "smtp.in", id = %id_text, release_at = at, "message scheduled for later delivery");
             return match self.enqueue(envelope, all, &message, &options).await {
                 Ok(_) => ok,
                 Err(r) => r,

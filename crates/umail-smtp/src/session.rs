@@ -370,6 +370,31 @@ impl Session {
         self.shutdown
     }
 
+    /// The longest FUTURERELEASE delay, seconds, when offered: on the
+    /// submission listeners (where MAIL needs AUTH) and not turned off.
+    fn future_release_limit(&self) -> Option<i64> {
+        let max = self.config.smtp.max_future_release_secs;
+        (self.config.mode != ListenerMode::Mx && max > 0)
+            .then(|| i64::try_from(max).unwrap_or(i64::MAX))
+    }
+
+    /// When a message with these MAIL parameters may be released: `None`
+    /// for at once, an error when it is beyond the longest delay offered.
+    fn release_time(&self, params: &MailParams) -> Result<Option<i64>, ()> {
+        let now = umail_core::unix_now();
+        let at = match (params.hold_for, params.hold_until) {
+            (Some(secs), _) => now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)),
+            (None, Some(t)) => t,
+            (None, None) => return Ok(None),
+        };
+        let max = self.future_release_limit().ok_or(())?;
+        if at > now.saturating_add(max) {
+            return Err(());
+        }
+        // A HOLDUNTIL already past means "at once".
+        Ok((at > now).then_some(at))
+    }
+
     /// True when AUTH is offered now (RFC 4954 §4; on submission only after TLS).
     pub fn auth_offered(&self) -> bool {
         self.tls.is_some() && (self.config.mode != ListenerMode::Mx || self.config.smtp.auth_on_mx)
@@ -737,6 +762,27 @@ impl Session {
                 553,
                 "5.6.7",
                 "Non-ASCII sender address requires SMTPUTF8",
+            ));
+        } else if (params.hold_for.is_some() || params.hold_until.is_some())
+            && self.future_release_limit().is_none()
+        {
+            // RFC 5321 §4.1.1.11: a parameter of an extension not offered.
+            let name = if params.hold_for.is_some() {
+                "HOLDFOR"
+            } else {
+                "HOLDUNTIL"
+            };
+            self.error(Reply::new(
+                555,
+                "5.5.4",
+                format!("Parameter not recognized: {name}"),
+            ));
+        } else if self.release_time(&params).is_err() {
+            // RFC 4865 §4: a release too far ahead.
+            self.error(Reply::new(
+                501,
+                "5.5.4",
+                "Invalid HOLDFOR or HOLDUNTIL: beyond the longest delay offered",
             ));
         } else if params.size.is_some_and(|s| {
             self.config.smtp.max_message_size != 0 && s > self.config.smtp.max_message_size
@@ -1134,6 +1180,14 @@ impl Session {
                 lines.push("SMTPUTF8".into()); // RFC 6531
                 lines.push("ENHANCEDSTATUSCODES".into()); // RFC 2034
                 lines.push("DSN".into()); // RFC 3461
+                if let Some(max) = self.future_release_limit() {
+                    // RFC 4865 §3: the longest interval and the latest time.
+                    let latest = chrono::Utc::now() + chrono::Duration::seconds(max);
+                    lines.push(format!(
+                        "FUTURERELEASE {max} {}",
+                        latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ));
+                }
                 if self.config.starttls
                     && self.tls.is_none()
                     && self.config.mode != ListenerMode::Submissions
@@ -1166,6 +1220,7 @@ impl Session {
         match result {
             Ok(marks) => {
                 let mut envelope = Envelope::new(from);
+                envelope.release_at = self.release_time(&params).ok().flatten();
                 envelope.body = params.body.unwrap_or_default();
                 envelope.smtputf8 = params.smtputf8;
                 envelope.ret = params.ret;

@@ -1090,3 +1090,72 @@ async fn domain_size_limit_at_rcpt_and_while_streaming() {
     assert_eq!(out, "552 5.3.4 Message size exceeds fixed limit\r\n");
     assert!(h.world.inbox("alice@example.com").await.is_empty());
 }
+
+#[tokio::test]
+async fn future_release_schedules_every_copy_and_is_bounded() {
+    let mut h = Harness::new(ListenerMode::Submission, cfg());
+    h.ehlo().await;
+    assert!(h.send("STARTTLS\r\n").await.starts_with("220 2.0.0"));
+    let ehlo = h.send("EHLO client.example\r\n").await;
+    // RFC 4865 §3: the longest interval and the latest date-time.
+    let line = ehlo
+        .lines()
+        .find(|l| l.starts_with("250-FUTURERELEASE "))
+        .unwrap_or_else(|| panic!("{ehlo}"));
+    let mut words = line.split_whitespace().skip(1);
+    assert_eq!(words.next(), Some("604800"));
+    let latest = chrono::DateTime::parse_from_rfc3339(words.next().unwrap()).unwrap();
+    assert!(latest.timestamp() > umail_core::unix_now());
+    let r = h
+        .send(format!(
+            "AUTH PLAIN {}\r\n",
+            plain("alice@example.com", "alice-pw")
+        ))
+        .await;
+    assert!(r.starts_with("235"), "{r}");
+    let r = h
+        .send("MAIL FROM:<alice@example.com> HOLDFOR=604801\r\n")
+        .await;
+    assert!(r.starts_with("501 5.5.4"), "{r}");
+    let before = umail_core::unix_now();
+    let out = h
+        .send(format!(
+            "MAIL FROM:<alice@example.com> HOLDFOR=3600\r\nRCPT TO:<x@remote.example>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n{MSG}.\r\n"
+        ))
+        .await;
+    assert_eq!(codes(&out), ["250", "250", "250", "354", "250"], "{out}");
+    assert!(
+        h.world.inbox("bob@example.com").await.is_empty(),
+        "the local copy waits too"
+    );
+    use umail_core::QueueStore;
+    let entries = h.world.queue.list(None).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    let rcpts: Vec<String> = e
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.to_string())
+        .collect();
+    assert_eq!(rcpts, ["bob@example.com", "x@remote.example"]);
+    assert!(e.next_attempt >= before + 3600, "{e:?}");
+    assert_eq!(e.envelope.release_at, Some(e.next_attempt));
+    assert!(
+        h.world
+            .queue
+            .due(before + 3599, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due before the release time"
+    );
+}
+
+#[tokio::test]
+async fn future_release_is_not_offered_on_mx() {
+    let mut h = Harness::new(ListenerMode::Mx, cfg());
+    h.ehlo().await;
+    let r = h.send("MAIL FROM:<a@remote.example> HOLDFOR=60\r\n").await;
+    assert_eq!(r, "555 5.5.4 Parameter not recognized: HOLDFOR\r\n");
+}

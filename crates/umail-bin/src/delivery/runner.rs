@@ -358,7 +358,12 @@ impl Runner {
             )
         });
         entry.attempts += 1;
-        let expired = now - entry.created >= self.cfg.max_queue_age_secs as i64;
+        // Retrying starts at arrival, or at the release time of scheduled mail.
+        let retry_start = entry
+            .envelope
+            .release_at
+            .map_or(entry.created, |t| t.max(entry.created));
+        let expired = now - retry_start >= self.cfg.max_queue_age_secs as i64;
         if pending && expired {
             for s in entry.status.iter_mut() {
                 if let RecipientStatus::Pending | RecipientStatus::Deferred { .. } = s {
@@ -440,7 +445,7 @@ impl Runner {
         let delay_after = i64::try_from(self.cfg.delay_notify_secs).unwrap_or(i64::MAX);
         if pending
             && self.cfg.delay_notify_secs != 0
-            && now - entry.created >= delay_after
+            && now - retry_start >= delay_after
             && !delay_reported(&entry)
         {
             for (i, r) in entry.envelope.recipients.iter().enumerate() {
@@ -450,11 +455,8 @@ impl Runner {
                     && !r.notify.never
                 {
                     let mut delayed = dsn_rcpt(r, DsnAction::Delayed, reply, host_of(&entry, i));
-                    delayed.will_retry_until = Some(
-                        entry
-                            .created
-                            .saturating_add_unsigned(self.cfg.max_queue_age_secs),
-                    );
+                    delayed.will_retry_until =
+                        Some(retry_start.saturating_add_unsigned(self.cfg.max_queue_age_secs));
                     report.push(delayed);
                 }
             }
