@@ -33,10 +33,20 @@ fn setup(server: &TestServer, domain: &str, users: &[&str]) {
     }
 }
 
+/// `[delivery]` with `keys` (TOML lines), then one static route to a
+/// loopback port per `(domain, port)`.
+fn delivery_config(keys: &str, routes: &[(&str, u16)]) -> String {
+    let mut out = format!("[delivery]\n{keys}\n");
+    for (domain, port) in routes {
+        out.push_str(&format!(
+            "\n[[delivery.route]]\ndomain = \"{domain}\"\nhost = \"127.0.0.1:{port}\"\n"
+        ));
+    }
+    out
+}
+
 fn route(domain: &str, port: u16) -> String {
-    format!(
-        "[delivery]\nretry_intervals_secs = [1]\n\n[[delivery.route]]\ndomain = \"{domain}\"\nhost = \"127.0.0.1:{port}\"\n"
-    )
+    delivery_config("retry_intervals_secs = [1]", &[(domain, port)])
 }
 
 /// Submits one message as alice@example.com through the submission port.
@@ -525,9 +535,9 @@ fn queue_cli_hold_release_flush_and_null_sender_never_bounced() {
             Script::Normal
         }
     });
-    let mut sender = TestServer::start_with(&format!(
-        "[delivery]\nretry_intervals_secs = [3600]\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
-        peer.port
+    let mut sender = TestServer::start_with(&delivery_config(
+        "retry_intervals_secs = [3600]",
+        &[("peer.test", peer.port)],
     ));
     setup(&sender, "example.com", &["alice"]);
     submit(&sender, &["bob@peer.test"], "cli@example.com", "");
@@ -816,9 +826,9 @@ fn relay_mode_uses_the_smart_host_with_starttls_and_auth() {
 #[test]
 fn expired_message_bounces_with_5_4_7() {
     let peer = Peer::start(|_| Script::TempRcpt);
-    let mut sender = TestServer::start_with(&format!(
-        "[delivery]\nretry_intervals_secs = [1]\nmax_queue_age_secs = 2\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
-        peer.port
+    let mut sender = TestServer::start_with(&delivery_config(
+        "retry_intervals_secs = [1]\nmax_queue_age_secs = 2",
+        &[("peer.test", peer.port)],
     ));
     setup(&sender, "example.com", &["alice"]);
     submit(&sender, &["bob@peer.test"], "expire@example.com", "");
@@ -913,10 +923,12 @@ fn direct_then_relay_sends_what_direct_delivery_deferred_to_the_smart_host() {
     .unwrap();
     relay.spawn();
     let direct = Peer::start(|_| Script::TempRcpt);
-    let sender = TestServer::start_with(&format!(
-        "[delivery]\nmode = \"direct-then-relay\"\nretry_intervals_secs = [1]\nrelay = \"smtp://relayuser%40partner.example:{PASSWORD}@127.0.0.1:{}\"\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
-        relay.port("submission"),
-        direct.port
+    let sender = TestServer::start_with(&delivery_config(
+        &format!(
+            "mode = \"direct-then-relay\"\nretry_intervals_secs = [1]\nrelay = \"smtp://relayuser%40partner.example:{PASSWORD}@127.0.0.1:{}\"",
+            relay.port("submission")
+        ),
+        &[("peer.test", direct.port)],
     ));
     setup(&sender, "example.com", &["alice"]);
     submit(&sender, &["bob@peer.test"], "dtr@example.com", "");
@@ -983,9 +995,9 @@ fn higher_priority_leaves_first_and_operators_can_change_it() {
     });
     // One connection at a time and no automatic retry: the delivery order
     // below is decided by priority alone.
-    let mut sender = TestServer::start_with(&format!(
-        "[delivery]\nretry_intervals_secs = [3600]\nmax_connections = 1\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
-        peer.port
+    let mut sender = TestServer::start_with(&delivery_config(
+        "retry_intervals_secs = [3600]\nmax_connections = 1",
+        &[("peer.test", peer.port)],
     ));
     setup(&sender, "example.com", &["alice"]);
     let add_header = |h: &str| format!("msg = b\"{h}\\r\\n\" + msg");
@@ -1074,9 +1086,9 @@ fn higher_priority_leaves_first_and_operators_can_change_it() {
 #[test]
 fn delayed_dsn_is_sent_once_while_retrying() {
     let peer = Peer::start(|_| Script::TempRcpt);
-    let mut sender = TestServer::start_with(&format!(
-        "[delivery]\nretry_intervals_secs = [1]\ndelay_notify_secs = 1\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
-        peer.port
+    let mut sender = TestServer::start_with(&delivery_config(
+        "retry_intervals_secs = [1]\ndelay_notify_secs = 1",
+        &[("peer.test", peer.port)],
     ));
     setup(&sender, "example.com", &["alice"]);
     submit(&sender, &["bob@peer.test"], "slowly@example.com", "");
@@ -1139,8 +1151,8 @@ fn stalled_peer_times_out_and_the_retry_delivers_once() {
         }
     });
     let sender = TestServer::start_with(&format!(
-        "[delivery]\nretry_intervals_secs = [1]\n\n[delivery.timeouts]\nmail_secs = 1\n\n[[delivery.route]]\ndomain = \"peer.test\"\nhost = \"127.0.0.1:{}\"\n",
-        peer.port
+        "{}\n[delivery.timeouts]\nmail_secs = 1\n",
+        delivery_config("retry_intervals_secs = [1]", &[("peer.test", peer.port)])
     ));
     setup(&sender, "example.com", &["alice"]);
     submit(&sender, &["bob@peer.test"], "stalled@example.com", "");
@@ -1228,9 +1240,9 @@ fn a_blocked_destination_does_not_starve_the_others() {
     // its own per-host share must stay free for other destinations.
     let slow = Peer::start(|_| Script::Held);
     let fast = Peer::start(|_| Script::Normal);
-    let sender = TestServer::start_with(&format!(
-        "[delivery]\nretry_intervals_secs = [1]\nmax_connections = 3\nmax_connections_per_host = 1\n\n[[delivery.route]]\ndomain = \"slow.test\"\nhost = \"127.0.0.1:{}\"\n\n[[delivery.route]]\ndomain = \"fast.test\"\nhost = \"127.0.0.1:{}\"\n",
-        slow.port, fast.port
+    let sender = TestServer::start_with(&delivery_config(
+        "retry_intervals_secs = [1]\nmax_connections = 3\nmax_connections_per_host = 1",
+        &[("slow.test", slow.port), ("fast.test", fast.port)],
     ));
     setup(&sender, "example.com", &["alice"]);
     for n in 0..5 {
