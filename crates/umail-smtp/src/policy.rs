@@ -543,38 +543,29 @@ impl Policy {
             }
         }
 
-        // Hold: everything waits in the queue for an approver.
-        if let Some(why) = hold {
-            let mut all: Vec<Recipient> = locals
-                .iter()
-                .map(|(l, _)| Recipient::new(l.address.clone()))
-                .collect();
-            all.extend(remotes);
-            tracing::info!(target: "smtp.in", id = %id_text, reason = %why, "message held for approval");
-            let mut options = EnqueueOptions::with_priority(priority).held(why);
-            options.not_before = envelope.release_at;
-            return match self.enqueue(envelope, all, &message, &options).await {
-                Ok(_) => ok,
-                Err(r) => r,
-            };
-        }
-
-        // Scheduled sending (FUTURERELEASE, RFC 4865): every copy, local
-        // ones too, waits in the queue until the release time.
-        if let Some(at) = envelope
+        // Hold (everything waits for an approver) and scheduled sending
+        // (FUTURERELEASE, RFC 4865: everything waits for the release time):
+        // every copy, local ones too, goes to the queue.
+        let scheduled = envelope
             .release_at
-            .filter(|at| *at > umail_core::unix_now())
-        {
+            .filter(|at| *at > umail_core::unix_now());
+        if hold.is_some() || scheduled.is_some() {
             let mut all: Vec<Recipient> = locals
                 .iter()
                 .map(|(l, _)| Recipient::new(l.address.clone()))
                 .collect();
             all.extend(remotes);
-            let mut options = EnqueueOptions::with_priority(priority).not_before(at);
-            if let Some(why) = &marks.quarantine {
+            let mut options = EnqueueOptions::with_priority(priority);
+            options.not_before = scheduled;
+            if let Some(why) = hold {
+                tracing::info!(target: "smtp.in", id = %id_text, reason = %why, "message held for approval");
+                options = options.held(why);
+            } else if let Some(why) = &marks.quarantine {
                 options = options.held(format!("quarantined: {why}"));
             }
-            tracing::info!(target: "smtp.in", id = %id_text, release_at = at, "message scheduled for later delivery");
+            if let Some(at) = scheduled {
+                tracing::info!(target: "smtp.in", id = %id_text, release_at = at, "message scheduled for later delivery");
+            }
             return match self.enqueue(envelope, all, &message, &options).await {
                 Ok(_) => ok,
                 Err(r) => r,
