@@ -942,7 +942,7 @@ impl QueueStore for MemoryQueue {
             })
             .cloned()
             .collect();
-        due.sort_by_key(|e| (std::cmp::Reverse(e.priority), e.next_attempt, e.id));
+        due.sort_by_key(QueueEntry::departure_order);
         due.truncate(limit);
         Ok(due)
     }

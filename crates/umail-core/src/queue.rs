@@ -184,6 +184,13 @@ pub struct QueueEntry {
 }
 
 impl QueueEntry {
+    /// The order in which due entries leave, as [`QueueStore::due`]
+    /// returns them: highest priority first, then the earliest next
+    /// attempt, then the oldest id.
+    pub fn departure_order(&self) -> (std::cmp::Reverse<Priority>, i64, QueueId) {
+        (std::cmp::Reverse(self.priority), self.next_attempt, self.id)
+    }
+
     /// A new entry as `enqueue_with` stores it: every recipient pending,
     /// due at `now` (or `options.not_before`), active or (with
     /// `options.hold`) held.

@@ -254,7 +254,7 @@ pub async fn execute(store: &Store, request: DeliveryRequest) -> AdminReply {
         DeliveryRequest::QueueList { state } => {
             let mut entries = store.list(state).await.map_err(|e| e.to_string())?;
             // The order in which they will leave.
-            entries.sort_by_key(|e| (std::cmp::Reverse(e.priority), e.next_attempt, e.id));
+            entries.sort_by_key(QueueEntry::departure_order);
             let rows = entries
                 .iter()
                 .map(|e| {
@@ -327,7 +327,7 @@ pub async fn execute(store: &Store, request: DeliveryRequest) -> AdminReply {
             };
             // The runner starts on the first entry made due while the rest
             // are still being rescheduled: make the most urgent due first.
-            targets.sort_by_key(|e| (std::cmp::Reverse(e.priority), e.next_attempt, e.id));
+            targets.sort_by_key(QueueEntry::departure_order);
             let mut n = 0;
             for mut e in targets {
                 if !matches!(e.state, QueueState::Active | QueueState::Deferred) {
