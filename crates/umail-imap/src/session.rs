@@ -203,6 +203,21 @@ struct Hit {
     info: sort::SortMessage,
 }
 
+/// `* SEARCH` / `* SORT`: the numbers, then `(MODSEQ n)` when a MODSEQ
+/// search key asks for it (RFC 7162 §3.1.5). Thousands of numbers are
+/// written in place, not one allocation each.
+fn numbers_line(name: &str, numbers: &[u32], modseq: Option<ModSeq>) -> String {
+    let mut line = String::with_capacity(name.len() + 1 + numbers.len() * 6);
+    line.push_str(name);
+    for n in numbers {
+        let _ = write!(line, " {n}");
+    }
+    if let Some(m) = modseq {
+        let _ = write!(line, " (MODSEQ {m})");
+    }
+    line
+}
+
 /// What an ESEARCH response reports: SEARCH and SORT choose MIN, MAX and
 /// the ALL rendering differently (numeric order vs sort order).
 struct EsearchResult<F: FnOnce() -> String> {
@@ -2563,16 +2578,7 @@ impl Session {
         };
         match returns {
             None => {
-                // Thousands of numbers: written in place, not one
-                // allocation each.
-                let mut line = String::with_capacity(7 + numbers.len() * 6);
-                line.push_str("SEARCH");
-                for n in &numbers {
-                    let _ = write!(line, " {n}");
-                }
-                if let (true, Some(m)) = (with_modseq, max_modseq) {
-                    line.push_str(&format!(" (MODSEQ {m})"));
-                }
+                let line = numbers_line("SEARCH", &numbers, max_modseq.filter(|_| with_modseq));
                 self.out.untagged(&line);
             }
             Some(mut opts) => {
@@ -2632,15 +2638,7 @@ impl Session {
             .collect();
         match returns {
             None => {
-                let mut line = String::with_capacity(5 + numbers.len() * 6);
-                line.push_str("SORT");
-                for n in &numbers {
-                    let _ = write!(line, " {n}");
-                }
-                // RFC 7162 §3.1.5: a MODSEQ search key adds the highest MODSEQ.
-                if let (true, Some(m)) = (with_modseq, max_modseq) {
-                    line.push_str(&format!(" (MODSEQ {m})"));
-                }
+                let line = numbers_line("SORT", &numbers, max_modseq.filter(|_| with_modseq));
                 self.out.untagged(&line);
             }
             Some(mut opts) => {
