@@ -12,7 +12,9 @@
 //!   [`codec::MessageEncoder`];
 //! * [`session`]: the state machine ([`session::Session`]): `handle_*` for
 //!   input, `poll_*` for requests to the directory/store and for output;
-//! * [`server`]: the thin tokio driver ([`Pop3Server`]);
+//! * [`server`]: the thin tokio driver ([`Pop3Server`]), whose every write
+//!   goes through one [`writer::ResponseWriter`] that keeps status lines
+//!   and message bodies in order;
 //! * [`client`]: a POP3 client (sans-IO response parsing plus a tokio
 //!   driver with implicit TLS or `STLS`);
 //! * [`collect`]: MultiPOP and DomainPOP collection over that client, with
@@ -40,6 +42,7 @@ pub mod codec;
 pub mod collect;
 pub mod server;
 pub mod session;
+pub mod writer;
 
 #[cfg(test)]
 mod transcript_tests;

@@ -1,7 +1,6 @@
 //! The tokio driver: owns the socket, feeds lines to a [`Session`], performs
 //! its requests against [`Services`] and writes its outputs.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use crate::codec::{Line, LineReader, MAX_LINE};
 use crate::session::{
     OpenError, Output, Reply, Request, Session, SessionConfig, Snapshot, SnapshotEntry,
 };
+use crate::writer::ResponseWriter;
 
 /// Which listener accepted the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +50,6 @@ impl std::fmt::Debug for Pop3Server {
             .finish_non_exhaustive()
     }
 }
-
-/// How many bytes are gathered before a write.
-const WRITE_BUFFER: usize = 64 * 1024;
 
 impl Pop3Server {
     /// A server over `services`. Without `tls`, `STLS` is not offered and
@@ -166,7 +163,9 @@ impl Pop3Server {
         let mut session = self.new_session(&info, stream.is_tls());
         let mut reader = LineReader::new(MAX_LINE);
         let mut slot: Option<SessionSlot> = None;
-        let mut out: Vec<u8> = Vec::with_capacity(4096);
+        // Every byte to the client goes through `out`, which keeps the
+        // order of status lines and message bodies.
+        let mut out = ResponseWriter::new();
         loop {
             while let Some(request) = session.poll_request() {
                 let reply = self.execute(request, &mut slot).await;
@@ -177,10 +176,10 @@ impl Pop3Server {
             while let Some(output) = session.poll_output() {
                 let r = match output {
                     Output::Data(bytes) => {
-                        out.extend_from_slice(&bytes);
+                        out.push(&bytes);
                         Ok(())
                     }
-                    Output::Message(encoder) => write_message(&mut stream, &mut out, encoder).await,
+                    Output::Message(encoder) => out.write_message(&mut stream, encoder).await,
                     Output::StartTls => {
                         start_tls = true;
                         Ok(())
@@ -195,13 +194,13 @@ impl Pop3Server {
                 }
             }
             if close {
-                let _ = flush(&mut stream, &mut out).await;
+                let _ = out.flush(&mut stream).await;
                 let _ = stream.shutdown().await;
                 tracing::debug!(target: "pop3", "session closed");
                 return;
             }
             if start_tls {
-                if flush(&mut stream, &mut out).await.is_err() {
+                if out.flush(&mut stream).await.is_err() {
                     return;
                 }
                 // RFC 2595 §4: anything pipelined after STLS is discarded.
@@ -234,7 +233,7 @@ impl Pop3Server {
                 session.handle_shutdown();
                 continue;
             }
-            if flush(&mut stream, &mut out).await.is_err() {
+            if out.flush(&mut stream).await.is_err() {
                 return;
             }
             tokio::select! {
@@ -375,33 +374,4 @@ impl Pop3Server {
             }
         }
     }
-}
-
-async fn flush<W: AsyncWrite + Unpin>(stream: &mut W, out: &mut Vec<u8>) -> io::Result<()> {
-    if !out.is_empty() {
-        stream.write_all(out).await?;
-        out.clear();
-    }
-    stream.flush().await
-}
-
-// Streams a message in pieces: small pieces are gathered in `out`, large
-// ones written directly, so no whole extra copy of the message is made.
-async fn write_message<W: AsyncWrite + Unpin>(
-    stream: &mut W,
-    out: &mut Vec<u8>,
-    encoder: crate::codec::MessageEncoder,
-) -> io::Result<()> {
-    for piece in encoder {
-        if out.len() + piece.len() > WRITE_BUFFER {
-            stream.write_all(out).await?;
-            out.clear();
-        }
-        if piece.len() >= WRITE_BUFFER / 4 {
-            stream.write_all(&piece).await?;
-        } else {
-            out.extend_from_slice(&piece);
-        }
-    }
-    Ok(())
 }
