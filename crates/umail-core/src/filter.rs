@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, ReversePath};
+use crate::ingest::Source;
 use crate::model::{Envelope, SessionInfo};
 
 /// An SMTP-style reply: code, enhanced status code (RFC 3463) and text.
@@ -153,10 +154,14 @@ impl Verdict {
 /// The message as the DATA stage sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct MessageData<'a> {
-    /// The raw message as received (CRLF line endings, dot-unstuffed).
+    /// The raw message as received, with this hop's trace field on top
+    /// (SMTP: CRLF line endings, dot-unstuffed; collected mail as fetched).
     pub raw: &'a [u8],
     /// The parsed message (mail-parser), parsed once for all filters.
     pub parsed: &'a mail_parser::Message<'a>,
+    /// How the message entered (SMTP, collection, system mail...): a
+    /// filter may treat sources differently, e.g. not score system mail.
+    pub source: Source,
 }
 
 /// A policy hook. Every method has a default that passes, so a filter

@@ -11,10 +11,14 @@
 //! * [`model`]: principals, envelopes, identifiers.
 //! * [`Directory`], [`MailStore`], [`QueueStore`], [`Filter`]: the traits,
 //!   each documenting the guarantees an implementation must keep.
+//! * [`ingest`]: the one pipeline every message takes in ([`Ingest`]),
+//!   whatever way it came: loop detection, recipient expansion, filters,
+//!   actions, one durable commit, one result per recipient.
 //! * [`sasl`]: PLAIN, LOGIN, SCRAM-SHA-256 and CRAM-MD5 server mechanisms.
 //! * [`config`]: the configuration file, with every default.
 //! * [`lockout`]: failed-authentication accounting per client IP.
 //! * [`memory`]: in-memory implementations of the traits, for tests and as models.
+//! * [`message`]: header helpers every ingest source shares.
 //! * [`net`]: TLS-upgradable streams, connection limits, shutdown, [`Services`].
 //!
 //! ```
@@ -29,8 +33,10 @@ pub mod address;
 pub mod config;
 pub mod directory;
 pub mod filter;
+pub mod ingest;
 pub mod lockout;
 pub mod memory;
+pub mod message;
 pub mod model;
 pub mod net;
 pub mod queue;
@@ -43,6 +49,10 @@ pub use directory::{
     Unavailability,
 };
 pub use filter::{Action, Disposition, Filter, FilterChain, MessageData, Reply, Verdict};
+pub use ingest::{
+    AcceptedRecipient, Expansion, Incoming, Ingest, IngestReport, IngestSettings, LocalTarget,
+    PolicyMarks, RecipientOutcome, RecipientReport, Recipients, Source,
+};
 pub use model::{
     AccountStatus, AdminRole, BodyType, DomainStatus, DsnReturn, Envelope, Notify, Principal,
     Protocol, QueueId, Quota, QuotaUsage, Recipient, SessionInfo, TlsInfo,

@@ -14,6 +14,7 @@ use crate::ListenerMode;
 use crate::codec::encode_reply;
 use crate::policy::Policy;
 use crate::session::{Event, Session, SessionConfig};
+use umail_core::ingest::{Ingest, IngestSettings};
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -22,6 +23,7 @@ const READ_CHUNK: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct SmtpServer {
     services: Services,
+    ingest: Ingest,
     config: SmtpConfig,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -45,6 +47,7 @@ impl SmtpServer {
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> SmtpServer {
         SmtpServer {
+            ingest: Ingest::new(services.clone(), IngestSettings::from_smtp(&config)),
             services,
             config,
             tls,
@@ -111,7 +114,7 @@ impl SmtpServer {
         }
         tracing::debug!(target: "smtp.in", "session started");
         let mut session = Session::new(config, info);
-        let mut policy = Policy::new(self.services.clone());
+        let mut policy = Policy::with_ingest(self.ingest.clone());
         let mut buf = vec![0u8; READ_CHUNK];
         let mut shutdown_seen = false;
         loop {

@@ -32,8 +32,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use umail_core::config::SmtpConfig;
 use umail_core::sasl::Mechanism;
 use umail_core::{
-    Action, Address, BodyType, ConnectionInfo, Domain, Envelope, Principal, Recipient, Reply,
-    ReversePath, SessionInfo, TlsInfo,
+    Address, BodyType, ConnectionInfo, Domain, Envelope, Principal, Recipient, Reply, ReversePath,
+    SessionInfo, TlsInfo,
 };
 
 use crate::ListenerMode;
@@ -74,64 +74,7 @@ impl SessionConfig {
     }
 }
 
-/// Policy decisions collected along a transaction (from filters).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PolicyMarks {
-    /// Accept but drop silently.
-    pub discard: bool,
-    /// Accept and quarantine, with the reason.
-    pub quarantine: Option<String>,
-    /// Accept and hold for approval, with the reason.
-    pub hold: Option<String>,
-    /// Actions to apply at delivery.
-    pub actions: Vec<Action>,
-}
-
-impl PolicyMarks {
-    /// Adds `other`'s decisions to these.
-    pub fn merge(&mut self, other: &PolicyMarks) {
-        self.discard |= other.discard;
-        if self.quarantine.is_none() {
-            self.quarantine.clone_from(&other.quarantine);
-        }
-        if self.hold.is_none() {
-            self.hold.clone_from(&other.hold);
-        }
-        self.actions.extend(other.actions.iter().cloned());
-    }
-}
-
-/// One local mailbox owner a recipient expands to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalTarget {
-    /// Account identifier (lower-cased primary address).
-    pub account: String,
-    /// The account's primary address.
-    pub address: Address,
-}
-
-/// What an accepted `RCPT TO` expands to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Expansion {
-    /// Local accounts.
-    pub local: Vec<LocalTarget>,
-    /// Remote addresses (queued for outbound delivery).
-    pub remote: Vec<Address>,
-    /// Filter decisions for this recipient.
-    pub marks: PolicyMarks,
-    /// A smaller size limit that applies because of this recipient (its
-    /// domain's `max_message_size`); 0 means only the server limit.
-    pub max_message_size: u64,
-}
-
-/// An accepted recipient and its expansion.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcceptedRecipient {
-    /// The envelope recipient as given.
-    pub recipient: Recipient,
-    /// Where it goes.
-    pub expansion: Expansion,
-}
+pub use umail_core::ingest::{AcceptedRecipient, Expansion, LocalTarget, PolicyMarks};
 
 /// A complete transaction, handed out for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -161,8 +161,8 @@ impl Harness {
             listener: mode.name().into(),
         };
         Harness {
+            policy: Policy::new(world.services.clone(), &config.smtp),
             session: Session::new(config, conn),
-            policy: Policy::new(world.services.clone()),
             world,
         }
     }
