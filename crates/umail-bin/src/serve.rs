@@ -1,10 +1,11 @@
-//! `umail serve`: opens the store, binds every listener, runs until SIGTERM
-//! or Ctrl-C, then shuts down gracefully.
+//! The server builder ([`ServerBuilder`]) and `umail serve`: opens the
+//! stores, binds every listener, starts the background tasks, runs until
+//! SIGTERM or Ctrl-C, then shuts down gracefully.
 
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,11 +14,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use umail_core::config::Config;
 use umail_core::net::{
-    ConnectionLimiter, LimitExceeded, Shutdown, next_session_id, shutdown_channel,
+    ConnectionLimiter, LimitExceeded, Shutdown, ShutdownTrigger, next_session_id, shutdown_channel,
 };
-use umail_core::{ConnectionInfo, Services};
+use umail_core::{ConnectionInfo, Directory, Filter, FilterChain, MailStore, QueueStore, Services};
+use umail_store::Store;
 
 use crate::{admin_socket, bootstrap, tls};
 
@@ -86,96 +89,303 @@ pub fn announce(line: &str) {
     let _ = out.flush();
 }
 
-/// Runs the server until a shutdown signal.
-pub async fn run(config: Config) -> Result<()> {
-    let data_dir = config.server.data_dir.clone();
-    crate::create_private_dir(&data_dir)?;
-    crate::warn_if_shared(&data_dir);
-    let hostname = effective_hostname(&config);
-    let cache = usize::try_from(config.server.database_cache_bytes).unwrap_or(usize::MAX);
-    let store = crate::open_store_with(
-        &data_dir,
-        &umail_store::StoreOptions::with_cache_bytes(cache),
-    )?;
-    bootstrap::first_run(&store, &hostname).await?;
+/// Composes a whole umail server from a [`Config`] and optional
+/// integrator-supplied services, and starts it.
+///
+/// What is not supplied comes from the embedded store in
+/// `config.server.data_dir` (opened, and on first start given a first
+/// domain and administrator whose password is printed once). The admin
+/// socket and HTTP API, remote collection and DKIM keys always use the
+/// embedded store: with an integrator's own [`Directory`], the admin API
+/// manages only what lives in the embedded store.
+///
+/// ```no_run
+/// # async fn demo(my_directory: std::sync::Arc<dyn umail_core::Directory>) -> anyhow::Result<()> {
+/// use umail_bin::ServerBuilder;
+/// let server = ServerBuilder::new(Default::default())
+///     .directory(my_directory)
+///     .start()
+///     .await?;
+/// server.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+pub struct ServerBuilder {
+    config: Config,
+    directory: Option<Arc<dyn Directory>>,
+    mail_store: Option<Arc<dyn MailStore>>,
+    queue: Option<Arc<dyn QueueStore>>,
+    filters: Vec<Arc<dyn Filter>>,
+    announce: bool,
+}
 
-    let (acceptor, cert_path) = tls::load_acceptor(&config.tls, &data_dir, &hostname)?;
-    announce(&format!("umail: TLS certificate {}", cert_path.display()));
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .field("directory", &self.directory.is_some())
+            .field("mail_store", &self.mail_store.is_some())
+            .field("queue", &self.queue.is_some())
+            .field("filters", &self.filters.len())
+            .finish()
+    }
+}
 
-    let services = store.services(hostname.clone(), &config.security);
-    let limiter = ConnectionLimiter::new(
-        config.server.max_sessions,
-        config.server.max_sessions_per_ip,
-    );
-    let (trigger, shutdown) = shutdown_channel();
-    let tracker = Arc::new(SessionTracker::default());
-
-    let mut listeners = Vec::new();
-    for (name, addrs, protocol) in protocols(&config, &services, &acceptor) {
-        for addr in addrs {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {name} listener on {addr}"))?;
-            let bound = listener.local_addr()?;
-            announce(&format!("umail: listening {name} {bound}"));
-            listeners.push(tokio::spawn(accept_loop(
-                name,
-                listener,
-                protocol.clone(),
-                Arc::clone(&limiter),
-                shutdown.clone(),
-                Arc::clone(&tracker),
-            )));
+impl ServerBuilder {
+    /// A server configured by `config`, on the embedded store.
+    pub fn new(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            directory: None,
+            mail_store: None,
+            queue: None,
+            filters: Vec::new(),
+            announce: false,
         }
     }
-    let socket_path = data_dir.join(admin_socket::SOCKET_NAME);
-    let admin_listener = admin_socket::bind(&socket_path)?;
-    let admin_task = tokio::spawn(admin_socket::serve(
-        admin_listener,
-        store.clone(),
-        shutdown.clone(),
-    ));
-    announce(&format!("umail: admin socket {}", socket_path.display()));
-    for addr in &config.listeners.admin {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding admin listener on {addr}"))?;
-        announce(&format!(
-            "umail: listening admin {}",
-            listener.local_addr()?
-        ));
-        listeners.push(tokio::spawn(crate::admin_http::serve(
-            listener,
+
+    /// Accounts, aliases, lists and domains come from `directory`.
+    pub fn directory(mut self, directory: Arc<dyn Directory>) -> ServerBuilder {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// Mailboxes and messages live in `store`.
+    pub fn mail_store(mut self, store: Arc<dyn MailStore>) -> ServerBuilder {
+        self.mail_store = Some(store);
+        self
+    }
+
+    /// The outbound queue lives in `queue`.
+    pub fn queue_store(mut self, queue: Arc<dyn QueueStore>) -> ServerBuilder {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Adds `filter` to the end of the filter chain every message meets
+    /// (see `umail_core::ingest`).
+    pub fn filter(mut self, filter: Arc<dyn Filter>) -> ServerBuilder {
+        self.filters.push(filter);
+        self
+    }
+
+    /// Prints what the server does at start (certificate, listeners,
+    /// "ready") to stdout, as `umail serve` does. Off by default.
+    pub fn announce(mut self, on: bool) -> ServerBuilder {
+        self.announce = on;
+        self
+    }
+
+    /// Opens the stores, binds every configured listener and starts the
+    /// queue runner and the collector. Returns once everything listens.
+    pub async fn start(self) -> Result<RunningServer> {
+        let ServerBuilder {
+            config,
+            directory,
+            mail_store,
+            queue,
+            filters,
+            announce,
+        } = self;
+        let say = move |line: &str| {
+            if announce {
+                self::announce(line);
+            }
+        };
+        let data_dir = config.server.data_dir.clone();
+        crate::create_private_dir(&data_dir)?;
+        crate::warn_if_shared(&data_dir);
+        let hostname = effective_hostname(&config);
+        let cache = usize::try_from(config.server.database_cache_bytes).unwrap_or(usize::MAX);
+        let store = crate::open_store_with(
+            &data_dir,
+            &umail_store::StoreOptions::with_cache_bytes(cache),
+        )?;
+        if directory.is_none() {
+            bootstrap::first_run(&store, &hostname).await?;
+        }
+
+        let (acceptor, cert_path) = tls::load_acceptor(&config.tls, &data_dir, &hostname)?;
+        say(&format!("umail: TLS certificate {}", cert_path.display()));
+
+        let mut services = store.services(hostname.clone(), &config.security);
+        if let Some(d) = directory {
+            services.directory = d;
+        }
+        if let Some(m) = mail_store {
+            services.store = m;
+        }
+        if let Some(q) = queue {
+            services.queue = q;
+        }
+        let mut chain = FilterChain::new();
+        for f in filters {
+            chain.push(f);
+        }
+        services.filter = Arc::new(chain);
+
+        let limiter = ConnectionLimiter::new(
+            config.server.max_sessions,
+            config.server.max_sessions_per_ip,
+        );
+        let (trigger, shutdown) = shutdown_channel();
+        let tracker = Arc::new(SessionTracker::default());
+
+        let mut bound = Vec::new();
+        let mut tasks = Vec::new();
+        for (name, addrs, protocol) in protocols(&config, &services, &acceptor) {
+            for addr in addrs {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {name} listener on {addr}"))?;
+                let local = listener.local_addr()?;
+                say(&format!("umail: listening {name} {local}"));
+                bound.push((name, local));
+                tasks.push(tokio::spawn(accept_loop(
+                    name,
+                    listener,
+                    protocol.clone(),
+                    Arc::clone(&limiter),
+                    shutdown.clone(),
+                    Arc::clone(&tracker),
+                )));
+            }
+        }
+        let socket_path = data_dir.join(admin_socket::SOCKET_NAME);
+        let admin_listener = admin_socket::bind(&socket_path)?;
+        let admin_task = tokio::spawn(admin_socket::serve(
+            admin_listener,
             store.clone(),
             shutdown.clone(),
-        )));
+        ));
+        say(&format!("umail: admin socket {}", socket_path.display()));
+        for addr in &config.listeners.admin {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding admin listener on {addr}"))?;
+            let local = listener.local_addr()?;
+            say(&format!("umail: listening admin {local}"));
+            bound.push(("admin", local));
+            tasks.push(tokio::spawn(crate::admin_http::serve(
+                listener,
+                store.clone(),
+                shutdown.clone(),
+            )));
+        }
+        crate::collect::spawn_scheduler(store.clone(), services.clone(), shutdown.clone());
+        crate::delivery::spawn_runner(&config, store.clone(), services.clone(), shutdown.clone());
+        say(&format!("umail: ready on {hostname}"));
+        Ok(RunningServer {
+            hostname,
+            services,
+            store,
+            listeners: bound,
+            trigger,
+            tasks,
+            admin_task,
+            tracker,
+            socket_path,
+            grace: Duration::from_secs(config.server.shutdown_grace_secs),
+        })
     }
-    crate::collect::spawn_scheduler(store.clone(), services.clone(), shutdown.clone());
-    crate::delivery::spawn_runner(&config, store.clone(), services.clone(), shutdown.clone());
-    announce(&format!("umail: ready on {hostname}"));
+}
 
-    wait_for_signal().await;
-    tracing::info!(target: "admin", "shutting down: no new connections, finishing sessions");
-    trigger.trigger();
-    for l in listeners {
-        let _ = l.await;
+/// A started server. Dropping it does not stop it: call
+/// [`shutdown`](RunningServer::shutdown) (or
+/// [`run_until_signal`](RunningServer::run_until_signal)).
+pub struct RunningServer {
+    hostname: String,
+    services: Services,
+    store: Store,
+    listeners: Vec<(&'static str, SocketAddr)>,
+    trigger: ShutdownTrigger,
+    tasks: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
+    tracker: Arc<SessionTracker>,
+    socket_path: PathBuf,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("hostname", &self.hostname)
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
     }
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    if tokio::time::timeout(grace, tracker.wait_idle())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            target: "admin",
-            sessions = tracker.active.load(Ordering::SeqCst),
-            "grace period over; closing remaining sessions"
-        );
+}
+
+impl RunningServer {
+    /// The host name in greetings and `Received` fields.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
     }
-    let _ = admin_task.await;
-    let _ = std::fs::remove_file(&socket_path);
-    drop(services);
-    drop(store);
-    tracing::info!(target: "admin", "stopped");
+
+    /// The services every protocol runs on (directory, store, queue,
+    /// filter chain).
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The embedded store (admin API, collection, DKIM keys, and whatever
+    /// was not supplied to the builder).
+    pub fn embedded_store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Every bound listener: (`smtp`, `submission`, `submissions`, `imap`,
+    /// `imaps`, `pop3`, `pop3s` or `admin`, address).
+    pub fn listeners(&self) -> &[(&'static str, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// The first address the listener `name` is bound to.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Waits for SIGTERM or Ctrl-C, then shuts down.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        self.shutdown().await;
+    }
+
+    /// Stops accepting connections, lets sessions finish for up to
+    /// `server.shutdown_grace_secs`, stops the background tasks and
+    /// removes the admin socket.
+    pub async fn shutdown(self) {
+        tracing::info!(target: "admin", "shutting down: no new connections, finishing sessions");
+        self.trigger.trigger();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if tokio::time::timeout(self.grace, self.tracker.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target: "admin",
+                sessions = self.tracker.active.load(Ordering::SeqCst),
+                "grace period over; closing remaining sessions"
+            );
+        }
+        let _ = self.admin_task.await;
+        let _ = std::fs::remove_file(&self.socket_path);
+        tracing::info!(target: "admin", "stopped");
+    }
+}
+
+/// `umail serve`: runs the server until a shutdown signal.
+pub async fn run(config: Config) -> Result<()> {
+    ServerBuilder::new(config)
+        .announce(true)
+        .start()
+        .await?
+        .run_until_signal()
+        .await;
     Ok(())
 }
 
