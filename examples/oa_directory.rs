@@ -1,6 +1,7 @@
-//! An SMTP receiver whose users come from an OA system over HTTP: a custom
-//! `umail_core::Directory`, plugged into `umail-smtp` with the embedded
-//! `umail-store` holding the mail.
+//! A complete mail server whose users come from an OA system over HTTP: a
+//! custom `umail_core::Directory` given to `umail_bin::ServerBuilder`, with
+//! the embedded store holding the mail. Passwords stay in the OA system:
+//! SMTP AUTH, IMAP and POP3 logins are checked by asking it.
 //!
 //! The OA system is expected to answer:
 //!
@@ -8,10 +9,13 @@
 //! * `POST /mail/verify` with `{"email": ..., "password": ...}` and status 200 when they match.
 //!
 //! ```sh
-//! cargo run --example oa_directory -- http://127.0.0.1:8000 ./oa-mail.redb 127.0.0.1:2525
+//! cargo run --example oa_directory -- http://127.0.0.1:8000 [umail.toml]
 //! ```
 //!
-//! The user list is refreshed every minute; passwords stay in the OA system.
+//! The user list is refreshed every minute. Each OA user gets a mailbox
+//! account in the embedded store (with a random password nobody knows:
+//! logins go to the OA system), so the mail stays when the OA system is
+//! down. For `https://` OA systems, enable reqwest's `rustls-tls` feature.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -19,15 +23,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use umail_core::config::{SecurityConfig, SmtpConfig};
-use umail_core::net::{next_session_id, shutdown_channel};
+use umail_core::config::Config;
 use umail_core::{
-    AccountStatus, Address, ConnectionInfo, Directory, DirectoryError, Domain, Principal, Protocol,
-    Quota, Resolution,
+    AccountStatus, Address, Directory, DirectoryError, Domain, Principal, Protocol, Quota,
+    Resolution,
 };
-use umail_smtp::{ListenerMode, SmtpServer};
 
 #[derive(Debug, Clone, Deserialize)]
 struct OaUser {
@@ -39,56 +39,26 @@ struct OaUser {
 /// A directory backed by the OA system's HTTP API.
 struct OaDirectory {
     base: String,
+    http: reqwest::Client,
     users: RwLock<HashMap<String, Principal>>,
 }
 
-/// A minimal HTTP/1.0 client: enough for a trusted OA system on the LAN.
-async fn http(
-    base: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Result<(u16, String), DirectoryError> {
-    let err = |e: &dyn std::fmt::Display| DirectoryError::Unavailable(format!("OA system: {e}"));
-    let host = base
-        .strip_prefix("http://")
-        .ok_or_else(|| err(&"only http:// URLs"))?;
-    let mut stream = TcpStream::connect(host).await.map_err(|e| err(&e))?;
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| err(&e))?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .map_err(|e| err(&e))?
-        .map_err(|e| err(&e))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| err(&"malformed response"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| err(&"no status"))?;
-    Ok((status, body.to_string()))
+fn unavailable(e: impl std::fmt::Display) -> DirectoryError {
+    DirectoryError::Unavailable(format!("OA system: {e}"))
 }
 
 impl OaDirectory {
     async fn refresh(&self) -> Result<usize, DirectoryError> {
-        let (status, body) = http(&self.base, "GET", "/mail/users", "").await?;
-        if status != 200 {
-            return Err(DirectoryError::Unavailable(format!(
-                "OA user list: HTTP {status}"
-            )));
-        }
-        let list: Vec<OaUser> =
-            serde_json::from_str(&body).map_err(|e| DirectoryError::Other(e.to_string()))?;
+        let list: Vec<OaUser> = self
+            .http
+            .get(format!("{}/mail/users", self.base))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(unavailable)?
+            .json()
+            .await
+            .map_err(|e| DirectoryError::Other(e.to_string()))?;
         let mut users = HashMap::new();
         for u in list {
             let Ok(address) = Address::parse(&u.email) else {
@@ -116,6 +86,36 @@ impl OaDirectory {
         Ok(n)
     }
 
+    /// Gives every OA user an account (and its domain) in the mail store.
+    async fn provision(
+        &self,
+        store: &umail_store::Store,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let users: Vec<Principal> = self
+            .users
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for p in users {
+            if store.get_domain(p.address.domain())?.is_none() {
+                store
+                    .add_domain(umail_store::NewDomain::new(p.address.domain().clone()))
+                    .await?;
+            }
+            if store.get_user(&p.address)?.is_none() {
+                let unknowable: String = (0..4)
+                    .map(|_| format!("{:016x}", rand::random::<u64>()))
+                    .collect();
+                let mut user = umail_store::NewUser::new(p.address.clone(), unknowable);
+                user.display_name = p.display_name.clone();
+                store.add_user(user).await?;
+            }
+        }
+        Ok(())
+    }
+
     fn lookup(&self, key: &str) -> Option<Principal> {
         self.users
             .read()
@@ -138,10 +138,18 @@ impl Directory for OaDirectory {
         let Some(principal) = self.lookup(&address.lookup_key()) else {
             return Ok(None);
         };
-        let body =
-            serde_json::json!({ "email": address.to_string(), "password": password }).to_string();
-        let (status, _) = http(&self.base, "POST", "/mail/verify", &body).await?;
-        Ok((status == 200 && principal.status == AccountStatus::Enabled).then_some(principal))
+        let status = self
+            .http
+            .post(format!("{}/mail/verify", self.base))
+            .json(&serde_json::json!({ "email": address.to_string(), "password": password }))
+            .send()
+            .await
+            .map_err(unavailable)?
+            .status();
+        Ok(
+            (status.is_success() && principal.status == AccountStatus::Enabled)
+                .then_some(principal),
+        )
     }
 
     async fn principal(&self, username: &str) -> Result<Option<Principal>, DirectoryError> {
@@ -179,47 +187,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = args
         .next()
         .unwrap_or_else(|| "http://127.0.0.1:8000".to_string());
-    let db = args.next().unwrap_or_else(|| "./oa-mail.redb".to_string());
-    let bind = args.next().unwrap_or_else(|| "127.0.0.1:2525".to_string());
+    let config: Config = match args.next() {
+        Some(path) => toml::from_str(&std::fs::read_to_string(path)?)?,
+        None => Config::default(),
+    };
 
     let directory = Arc::new(OaDirectory {
-        base,
+        base: base.trim_end_matches('/').to_string(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?,
         users: RwLock::new(HashMap::new()),
     });
     println!("{} users from the OA system", directory.refresh().await?);
-    let refresher = Arc::clone(&directory);
+
+    let server = umail_bin::ServerBuilder::new(config)
+        .directory(directory.clone())
+        .start()
+        .await?;
+    directory.provision(server.embedded_store()).await?;
+    let store = server.embedded_store().clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            if let Err(e) = refresher.refresh().await {
-                eprintln!("keeping the previous user list: {e}");
+            match directory.refresh().await {
+                Ok(_) => {
+                    if let Err(e) = directory.provision(&store).await {
+                        eprintln!("provisioning: {e}");
+                    }
+                }
+                Err(e) => eprintln!("keeping the previous user list: {e}"),
             }
         }
     });
-
-    // Mail is stored by the embedded store. It keeps its own account table,
-    // so OA users are mirrored into it on first delivery by the operator's
-    // provisioning (`umail user add`), or use your own MailStore instead.
-    let store = umail_store::Store::open(&db)?;
-    let mut services = store.services("mx.corp.example", &SecurityConfig::default());
-    services.directory = directory;
-    let server = Arc::new(SmtpServer::new(services, SmtpConfig::default(), None));
-    let listener = TcpListener::bind(&bind).await?;
-    println!("SMTP (MX) on {}", listener.local_addr()?);
-    let (_trigger, shutdown) = shutdown_channel();
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        let info = ConnectionInfo {
-            session_id: next_session_id(),
-            peer,
-            local: stream.local_addr()?,
-            listener: "smtp".to_string(),
-        };
-        let (server, shutdown) = (Arc::clone(&server), shutdown.clone());
-        tokio::spawn(async move {
-            server
-                .serve_connection(stream, info, ListenerMode::Mx, shutdown)
-                .await;
-        });
+    for (name, addr) in server.listeners() {
+        println!("listening {name} {addr}");
     }
+    println!("ready");
+    server.run_until_signal().await;
+    Ok(())
 }
