@@ -141,12 +141,7 @@ fn init_logging(config: &Config, json_flag: bool, serving: bool) {
 /// data directory and backups hold password hashes, DKIM and TLS private
 /// keys and all mail.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
+    Ok(umail_store::backup::create_private_dir(dir)?)
 }
 
 /// Warns when `dir` can be read by other local users.
@@ -165,7 +160,7 @@ pub fn warn_if_shared(dir: &Path) {
 
 /// The database file inside the data directory.
 pub fn database_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("umail.redb")
+    data_dir.join(umail_store::backup::DATABASE)
 }
 
 /// Opens the store in `data_dir`, explaining the "already open" case.
