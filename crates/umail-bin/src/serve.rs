@@ -150,7 +150,7 @@ pub async fn run(config: Config) -> Result<()> {
             shutdown.clone(),
         )));
     }
-    crate::collect::spawn_scheduler(store.clone(), services.clone(), shutdown.clone());
+    crate::collect::start(&config, &store, &services, &shutdown);
     crate::delivery::spawn_runner(&config, store.clone(), services.clone(), shutdown.clone());
     announce(&format!("umail: ready on {hostname}"));
 
