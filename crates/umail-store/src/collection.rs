@@ -755,8 +755,14 @@ mod tests {
             finished: 2005,
             ok: true,
             fetched: 7,
-            message: "7 fetched".into(),
-            refused: Vec::new(),
+            message: "7 fetched, 1 refused".into(),
+            refused: vec![RefusedMessage {
+                uidl: "u9".into(),
+                reason: "552 5.2.2 Mailbox full".into(),
+                attempts: 1,
+                retry_after: 9000,
+                ..RefusedMessage::default()
+            }],
         };
         let st = s
             .record_remote_fetch("alice@example.com", a.id, ok)
@@ -767,22 +773,26 @@ mod tests {
         assert_eq!(st.next_attempt, 2305);
         assert_eq!(st.fetched_total, 7);
         assert_eq!(st.last_success, Some(2005));
+        assert_eq!(st.refused.len(), 1, "refused messages are remembered");
 
-        // Changing the password keeps the seen set; changing the mailbox
-        // forgets it.
+        // Changing the password keeps the seen set and the refused
+        // messages (due again at once); changing the mailbox forgets both.
         let prefix = remote_seen_prefix(&a.account, a.id);
         s.mark_seen(&format!("{prefix}src"), "u0", 5, 0)
             .await
             .unwrap();
         let mut cfg = a.config.clone();
         cfg.server.password = RemotePassword::new("new-password");
-        s.update_remote_account(&alice, a.id, cfg.clone())
+        let updated = s
+            .update_remote_account(&alice, a.id, cfg.clone())
             .await
             .unwrap();
         assert_eq!(s.seen_len(&format!("{prefix}src")).unwrap(), 1);
+        assert_eq!(updated.status.refused[0].retry_after, 0);
         cfg.server.host = "pop.other.example".into();
         let updated = s.update_remote_account(&alice, a.id, cfg).await.unwrap();
         assert_eq!(updated.status.fetched_total, 7);
+        assert!(updated.status.refused.is_empty());
         assert_eq!(s.seen_len(&format!("{prefix}src")).unwrap(), 0);
 
         // Seen sets go with the account.
