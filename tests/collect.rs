@@ -461,3 +461,223 @@ deliver(int(os.environ['SMTP']), "catchall@old.example", m)
     let out = new.umail(&["fetch", "domain", "show", "example.com"]);
     assert!(!out.status.success());
 }
+
+/// `fetch show` of alice's first remote account.
+fn show_alice(new: &TestServer) -> String {
+    new.umail_ok(&["fetch", "show", "alice@example.com", "1"])
+}
+
+#[test]
+fn multipop_over_quota_leaves_mail_on_the_server_until_it_fits() {
+    let old = old_server();
+    let new = new_server();
+    deliver(&old, "carol@old.example", &["q1", "q2"]);
+    new.umail_ok(&["user", "set", "alice@example.com", "--quota", "100"]);
+    let port = old.port("pop3s").to_string();
+    new.umail_ok(&[
+        "fetch",
+        "add",
+        "alice@example.com",
+        "--host",
+        "localhost",
+        "--port",
+        &port,
+        "--ca-file",
+        &cert(&old),
+        "--user",
+        "carol@old.example",
+        "--password",
+        REMOTE_PASSWORD,
+        "--leave-on-server",
+        "false",
+        "--enabled",
+        "false",
+    ]);
+
+    // Mailbox full: nothing collected, nothing deleted, the refusal named.
+    let run = new.umail_ok(&["fetch", "run", "alice@example.com", "1"]);
+    assert!(run.contains("0 fetched"), "{run}");
+    assert!(run.contains("1 refused (left on server)"), "{run}");
+    assert!(run.contains("1 deferred"), "{run}");
+    assert!(run.contains("552 5.2.2 Mailbox full"), "{run}");
+    assert!(!run.contains("deleted on server"), "{run}");
+    assert_eq!(
+        subjects(&old, "carol@old.example", REMOTE_PASSWORD),
+        sorted(&["q1", "q2"])
+    );
+    assert!(subjects(&new, "alice@example.com", PASSWORD).is_empty());
+    let show = show_alice(&new);
+    assert!(
+        show.lines().any(|l| l.starts_with("refused_1")
+            && l.contains("#1 uidl ")
+            && l.contains("552 5.2.2 Mailbox full")),
+        "{show}"
+    );
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("refused ") && l.contains(" 1 (left")),
+        "{show}"
+    );
+
+    // Tried again and reported again; still on the server.
+    let run = new.umail_ok(&["fetch", "run", "alice@example.com", "1"]);
+    assert!(
+        run.contains("1 refused") && run.contains("(2 attempts)"),
+        "{run}"
+    );
+    assert_eq!(
+        subjects(&old, "carol@old.example", REMOTE_PASSWORD).len(),
+        2
+    );
+
+    // Room again: collected, and only now deleted from the old server.
+    new.umail_ok(&["user", "set", "alice@example.com", "--quota", "0"]);
+    let run = new.umail_ok(&["fetch", "run", "alice@example.com", "1"]);
+    assert!(
+        run.contains("2 fetched") && run.contains("2 deleted on server"),
+        "{run}"
+    );
+    assert!(!run.contains("refused"), "{run}");
+    assert_eq!(
+        subjects(&new, "alice@example.com", PASSWORD),
+        sorted(&["q1", "q2"])
+    );
+    assert!(subjects(&old, "carol@old.example", REMOTE_PASSWORD).is_empty());
+    let show = show_alice(&new);
+    assert!(!show.contains("refused_1"), "{show}");
+}
+
+#[test]
+fn domainpop_unroutable_without_fallback_stays_on_the_server() {
+    let old = old_server();
+    let new = new_server();
+    py(
+        r#"deliver(int(os.environ['SMTP']), "catchall@old.example",
+            [simple("alice@example.com", "r1"), simple("nobody@example.com", "r2")])"#,
+        &[("SMTP", old.port("smtp").to_string())],
+    );
+    let port = old.port("pop3s").to_string();
+    new.umail_ok(&[
+        "fetch",
+        "domain",
+        "set",
+        "example.com",
+        "--host",
+        "localhost",
+        "--port",
+        &port,
+        "--ca-file",
+        &cert(&old),
+        "--user",
+        "catchall@old.example",
+        "--password",
+        REMOTE_PASSWORD,
+        "--leave-on-server",
+        "false",
+        "--enabled",
+        "false",
+    ]);
+    let run = new.umail_ok(&["fetch", "run", "--domain", "example.com"]);
+    assert!(
+        run.contains("1 fetched") && run.contains("1 deleted on server"),
+        "{run}"
+    );
+    assert!(run.contains("1 refused (left on server)"), "{run}");
+    assert!(run.contains("no fallback address is set"), "{run}");
+    assert_eq!(
+        subjects(&new, "alice@example.com", PASSWORD),
+        sorted(&["r1"])
+    );
+    assert_eq!(
+        subjects(&old, "catchall@old.example", REMOTE_PASSWORD),
+        sorted(&["r2"])
+    );
+    let show = new.umail_ok(&["fetch", "domain", "show", "example.com"]);
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("refused_1") && l.contains("550 5.1.1")),
+        "{show}"
+    );
+
+    // A fallback set later takes it, and only then is it deleted.
+    new.umail_ok(&[
+        "fetch",
+        "domain",
+        "set",
+        "example.com",
+        "--fallback",
+        "dave@example.com",
+    ]);
+    let run = new.umail_ok(&["fetch", "run", "--domain", "example.com"]);
+    assert!(
+        run.contains("1 fetched") && run.contains("1 to fallback"),
+        "{run}"
+    );
+    assert!(!run.contains("refused"), "{run}");
+    assert_eq!(
+        subjects(&new, "dave@example.com", PASSWORD),
+        sorted(&["r2"])
+    );
+    assert!(subjects(&old, "catchall@old.example", REMOTE_PASSWORD).is_empty());
+}
+
+#[test]
+fn import_refused_by_quota_stays_on_the_old_server() {
+    let old = old_server();
+    let new = new_server();
+    deliver(&old, "erin@old.example", &["m1", "m2"]);
+    new.umail_ok(&["user", "set", "bob@example.com", "--quota", "100"]);
+    let from = format!("localhost:{}", old.port("pop3s"));
+    let ca = cert(&old);
+    let args = [
+        "import",
+        "pop3",
+        "--from",
+        &from,
+        "--user",
+        "erin@old.example",
+        "--password",
+        REMOTE_PASSWORD,
+        "--to",
+        "bob@example.com",
+        "--ca-file",
+        &ca,
+    ];
+    // Through the running server, without --leave-on-server.
+    let out = new.umail(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("imported") && l.trim_end().ends_with(" 0")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("refused_1") && l.contains("552 5.2.2 Mailbox full")),
+        "{text}"
+    );
+    assert!(err.contains("0 messages imported, 1 refused"), "{err}");
+    assert_eq!(
+        subjects(&old, "erin@old.example", REMOTE_PASSWORD),
+        sorted(&["m1", "m2"])
+    );
+
+    // Room again: imported, and only now deleted from the old server.
+    new.umail_ok(&["user", "set", "bob@example.com", "--quota", "0"]);
+    let out = new.umail(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("deleted_on_server") && l.trim_end().ends_with(" 2")),
+        "{text}"
+    );
+    assert!(!text.contains("refused_1"), "{text}");
+    assert_eq!(
+        subjects(&new, "bob@example.com", PASSWORD),
+        sorted(&["m1", "m2"])
+    );
+    assert!(subjects(&old, "erin@old.example", REMOTE_PASSWORD).is_empty());
+}

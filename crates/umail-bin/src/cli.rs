@@ -729,6 +729,9 @@ pub async fn run(command: Command, config: &Config, json: bool) -> Result<()> {
         }
         crate::create_private_dir(data_dir)?;
         let store = crate::open_store(data_dir)?;
+        if matches!(request, AdminRequest::Collect(_)) {
+            crate::collect::use_database(&store, config);
+        }
         crate::handlers::execute(&store, request).await
     };
     match output {

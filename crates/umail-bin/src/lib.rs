@@ -83,7 +83,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Bench(cli::BenchCmd::Pop3(args)) => collect::bench_pop3(args).await,
             Command::Bench(cli::BenchCmd::Imap(args)) => bench_imap::run(args).await,
             Command::Bench(cli::BenchCmd::Delivery(args)) => delivery::bench(args).await,
-            Command::Import(cmd) => collect::run_import(cmd, &config).await,
+            Command::Import(cmd) => collect::run_import(cmd, &config, cli.json).await,
             Command::Backup { dir } => backup::backup(&config, &dir)
                 .await
                 .map(|out| out.print(cli.json)),

@@ -272,7 +272,7 @@ impl ServerBuilder {
                 shutdown.clone(),
             )));
         }
-        crate::collect::spawn_scheduler(store.clone(), services.clone(), shutdown.clone());
+        crate::collect::start(&config, &store, &services, &shutdown);
         crate::delivery::spawn_runner(&config, store.clone(), services.clone(), shutdown.clone());
         say(&format!("umail: ready on {hostname}"));
         Ok(RunningServer {

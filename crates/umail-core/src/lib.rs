@@ -16,6 +16,8 @@
 //!   actions, one durable commit, one result per recipient.
 //! * [`sasl`]: PLAIN, LOGIN, SCRAM-SHA-256 and CRAM-MD5 server mechanisms.
 //! * [`config`]: the configuration file, with every default.
+//! * [`collection`]: settings and status of remote POP3 collection
+//!   (MultiPOP, DomainPOP), shared by the store and the collector.
 //! * [`lockout`]: failed-authentication accounting per client IP.
 //! * [`memory`]: in-memory implementations of the traits, for tests and as models.
 //! * [`message`]: header helpers every ingest source shares.
@@ -30,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod collection;
 pub mod config;
 pub mod directory;
 pub mod filter;

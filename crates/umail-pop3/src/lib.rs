@@ -17,8 +17,11 @@
 //!   and message bodies in order;
 //! * [`client`]: a POP3 client (sans-IO response parsing plus a tokio
 //!   driver with implicit TLS or `STLS`);
-//! * [`collect`]: MultiPOP and DomainPOP collection over that client, with
-//!   UIDL tracking in a [`collect::CollectionState`].
+//! * [`collect`]: MultiPOP, DomainPOP and `import` over that client,
+//!   through the ingest pipeline, with UIDL tracking in a
+//!   [`collect::CollectionState`], nothing refused ever deleted from the
+//!   source, and the scheduler ([`collect::Collector`]) over a
+//!   [`collect::CollectionAccounts`].
 //!
 //! The maildrop is INBOX. A session sees a snapshot of INBOX taken at
 //! login; `DELE` only marks, and the marked messages are removed (or moved

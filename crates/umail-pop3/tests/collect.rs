@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ALICE, Fixture};
-use umail_core::config::Pop3Config;
-use umail_core::memory::{MemoryDirectory, MemoryMailStore};
+use umail_core::config::{Pop3Config, SecurityConfig};
+use umail_core::ingest::{Ingest, IngestSettings, LocalTarget};
+use umail_core::lockout::AuthLockout;
+use umail_core::memory::{MemoryDirectory, MemoryMailStore, MemoryQueue};
 use umail_core::store::INBOX;
-use umail_core::{Address, MailStore};
+use umail_core::{Address, FilterChain, MailStore, Services};
 use umail_pop3::client::{ClientError, ConnectOptions, LoginMethod, Pop3Client, Secret, Security};
 use umail_pop3::collect::{
-    CollectError, DomainPopRouting, MemoryCollectionState, RemoteAccount, fetch_domainpop,
-    fetch_multipop,
+    CollectError, DomainPopRouting, FetchOptions, MemoryCollectionState, RemoteAccount,
+    fetch_domainpop, fetch_multipop,
 };
 
 fn remote(f: &Fixture, security: Security) -> RemoteAccount {
@@ -57,28 +59,54 @@ async fn local_inbox(store: &MemoryMailStore, account: &str) -> Vec<Vec<u8>> {
 
 const LOCAL: &str = "local@example.org";
 
+/// The local side: a pipeline over `dir` and `store`, no filters.
+fn pipeline(dir: Arc<MemoryDirectory>, store: Arc<MemoryMailStore>) -> Ingest {
+    let services = Services {
+        directory: dir,
+        store,
+        queue: Arc::new(MemoryQueue::new()),
+        filter: Arc::new(FilterChain::new()),
+        lockout: Arc::new(AuthLockout::new(&SecurityConfig::default())),
+        hostname: "local.example.org".into(),
+    };
+    Ingest::new(services, IngestSettings::default())
+}
+
+/// A local store with the user `LOCAL`, its pipeline, and `LOCAL`'s INBOX.
+fn local_side() -> (Arc<MemoryMailStore>, Ingest, LocalTarget) {
+    let dir = Arc::new(MemoryDirectory::new());
+    let principal = dir.add_user(LOCAL, "pw");
+    let store = Arc::new(MemoryMailStore::new());
+    let ingest = pipeline(dir, store.clone());
+    let target = LocalTarget {
+        mailbox: Some(INBOX.to_string()),
+        ..LocalTarget::of(&principal)
+    };
+    (store, ingest, target)
+}
+
 #[tokio::test]
 async fn multipop_leave_on_server_tracks_uidl() {
     let f = Fixture::start(Pop3Config::default()).await;
     f.deliver(&msg(1)).await;
     f.deliver(&msg(2)).await;
-    let local = MemoryMailStore::new();
+    let (local, ingest, target) = local_side();
     let state = MemoryCollectionState::new();
     let acct = remote(&f, Security::StartTls);
 
-    let r = fetch_multipop(&acct, &local, LOCAL, INBOX, &state)
+    let r = fetch_multipop(&acct, &ingest, &target, &state, &FetchOptions::default())
         .await
         .unwrap();
     assert_eq!(
         (r.on_server, r.fetched, r.already_seen, r.deleted),
         (2, 2, 0, 0)
     );
-    let r = fetch_multipop(&acct, &local, LOCAL, INBOX, &state)
+    let r = fetch_multipop(&acct, &ingest, &target, &state, &FetchOptions::default())
         .await
         .unwrap();
     assert_eq!((r.fetched, r.already_seen), (0, 2));
     f.deliver(&msg(3)).await;
-    let r = fetch_multipop(&acct, &local, LOCAL, INBOX, &state)
+    let r = fetch_multipop(&acct, &ingest, &target, &state, &FetchOptions::default())
         .await
         .unwrap();
     assert_eq!((r.fetched, r.already_seen), (1, 2));
@@ -97,11 +125,11 @@ async fn multipop_delete_from_server_over_implicit_tls() {
     let f = Fixture::start(Pop3Config::default()).await;
     f.deliver(&msg(1)).await;
     f.deliver(&msg(2)).await;
-    let local = MemoryMailStore::new();
+    let (local, ingest, target) = local_side();
     let state = MemoryCollectionState::new();
     let mut acct = remote(&f, Security::Implicit);
     acct.leave_on_server = false;
-    let r = fetch_multipop(&acct, &local, LOCAL, INBOX, &state)
+    let r = fetch_multipop(&acct, &ingest, &target, &state, &FetchOptions::default())
         .await
         .unwrap();
     assert_eq!((r.fetched, r.deleted), (2, 2));
@@ -119,16 +147,16 @@ async fn multipop_limits_count_and_size() {
     big.extend(std::iter::repeat_n(b'x', 5000));
     big.extend_from_slice(b"\r\n");
     f.deliver(&big).await;
-    let local = MemoryMailStore::new();
+    let (local, ingest, target) = local_side();
     let state = MemoryCollectionState::new();
     let mut acct = remote(&f, Security::Implicit);
     acct.max_messages_per_fetch = 2;
     acct.max_message_size = 1000;
-    let r = fetch_multipop(&acct, &local, LOCAL, INBOX, &state)
+    let r = fetch_multipop(&acct, &ingest, &target, &state, &FetchOptions::default())
         .await
         .unwrap();
     assert_eq!((r.fetched, r.deferred, r.skipped_too_large), (2, 2, 0));
-    let r = fetch_multipop(&acct, &local, LOCAL, INBOX, &state)
+    let r = fetch_multipop(&acct, &ingest, &target, &state, &FetchOptions::default())
         .await
         .unwrap();
     assert_eq!((r.fetched, r.already_seen, r.skipped_too_large), (1, 2, 1));
@@ -139,21 +167,21 @@ async fn multipop_limits_count_and_size() {
 async fn apop_login_and_wrong_password() {
     let f = Fixture::start(Pop3Config::default()).await;
     f.dir.set_legacy_secret(ALICE, "tanstaaf");
-    let local = MemoryMailStore::new();
+    let (_, ingest, target) = local_side();
     let state = MemoryCollectionState::new();
     // APOP over a plaintext connection (the secret never crosses the wire).
     let mut acct = remote(&f, Security::None);
     acct.login = LoginMethod::Apop;
     acct.password = Secret::new("tanstaaf");
     f.deliver(&msg(1)).await;
-    let r = fetch_multipop(&acct, &local, LOCAL, INBOX, &state)
+    let r = fetch_multipop(&acct, &ingest, &target, &state, &FetchOptions::default())
         .await
         .unwrap();
     assert_eq!(r.fetched, 1);
 
     let mut acct = remote(&f, Security::StartTls);
     acct.password = Secret::new("wrong");
-    let e = fetch_multipop(&acct, &local, LOCAL, INBOX, &state)
+    let e = fetch_multipop(&acct, &ingest, &target, &state, &FetchOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -200,18 +228,19 @@ async fn domainpop_routes_by_headers_dedupes_and_falls_back() {
     for m in [&m1[..], &m1_copy[..], &m2[..], &m3[..]] {
         f.deliver(m).await;
     }
-    let local = MemoryMailStore::new();
+    let local = Arc::new(MemoryMailStore::new());
+    let ingest = pipeline(dir.clone(), local.clone());
     let state = MemoryCollectionState::new();
     let routing = DomainPopRouting {
         fallback: Some(Address::parse("postmaster@corp.example").unwrap()),
         ..DomainPopRouting::default()
     };
     let acct = remote(&f, Security::Implicit);
-    let r = fetch_domainpop(&acct, &local, dir.as_ref(), &routing, &state)
+    let r = fetch_domainpop(&acct, &ingest, &routing, &state, &FetchOptions::default())
         .await
         .unwrap();
     assert_eq!(
-        (r.fetched, r.duplicates, r.to_fallback, r.undeliverable),
+        (r.fetched, r.duplicates, r.to_fallback, r.refused.len()),
         (4, 1, 1, 0)
     );
     let count = |a: &'static str| {
@@ -224,7 +253,7 @@ async fn domainpop_routes_by_headers_dedupes_and_falls_back() {
     assert_eq!(count("erin@corp.example").await, 1);
     assert_eq!(count("postmaster@corp.example").await, 1);
     // A second fetch collects nothing again.
-    let r = fetch_domainpop(&acct, &local, dir.as_ref(), &routing, &state)
+    let r = fetch_domainpop(&acct, &ingest, &routing, &state, &FetchOptions::default())
         .await
         .unwrap();
     assert_eq!((r.fetched, r.already_seen), (0, 4));

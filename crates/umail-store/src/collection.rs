@@ -3,9 +3,11 @@
 //! (collected UIDLs, delivered Message-IDs) that make collection
 //! idempotent.
 //!
-//! The store knows nothing about POP3 itself: it keeps configuration and
-//! generic id sets. The `umail` binary adapts these to
-//! `umail_pop3::collect::CollectionState`.
+//! The store knows nothing about POP3 itself: it keeps the configuration
+//! (the plain types of [`umail_core::collection`], re-exported here) and
+//! generic id sets. The `umail` binary adapts these to the collector's
+//! traits (`umail_pop3::collect::CollectionAccounts` and
+//! `CollectionState`).
 //!
 //! Remote passwords must be usable, so they are stored as given (inside the
 //! database file, which only the server's user can read). They are wrapped
@@ -13,7 +15,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use serde::{Deserialize, Serialize};
 use umail_core::{Address, Domain};
 
 use crate::db::{
@@ -33,290 +34,16 @@ fn storage<T>(r: Result<T, DbErr>) -> Result<T, AdminError> {
     r.map_err(AdminError::storage)
 }
 
-/// Default poll interval of a remote account, in seconds.
-pub const DEFAULT_FETCH_INTERVAL_SECS: u64 = 300;
-/// Shortest accepted poll interval, in seconds.
-pub const MIN_FETCH_INTERVAL_SECS: u64 = 5;
-/// Longest delay between attempts after repeated failures, in seconds.
-pub const MAX_BACKOFF_SECS: u64 = 6 * 3600;
-/// Default bound of a DomainPOP Message-ID de-duplication set.
-pub const DEFAULT_MAX_MESSAGE_IDS: u64 = 10_000;
-/// Default largest message collected (bytes).
-pub const DEFAULT_MAX_REMOTE_MESSAGE: u64 = 50 * 1024 * 1024;
-/// Longest text kept as the result of the last fetch.
-const MAX_RESULT_TEXT: usize = 512;
+pub use umail_core::collection::{
+    CollectLimits, DEFAULT_FETCH_INTERVAL_SECS, DEFAULT_MAX_MESSAGE_IDS,
+    DEFAULT_MAX_REMOTE_MESSAGE, DomainPopConfig, DomainPopInfo, FetchOutcome, FetchStatus,
+    MAX_BACKOFF_SECS, MIN_FETCH_INTERVAL_SECS, RefusedMessage, RemoteAccountConfig,
+    RemoteAccountInfo, RemotePassword, RemoteServer, TlsMode, backoff_delay,
+};
+
 /// Longest id stored in a seen set (UIDLs are at most 70 characters per
 /// RFC 1939; Message-IDs are longer but bounded here).
 pub const MAX_SEEN_ID: usize = 998;
-
-/// A remote password. `Debug` never shows it; serialized as a plain string
-/// (it must be usable to log in).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RemotePassword(String);
-
-impl RemotePassword {
-    /// Wraps a password.
-    pub fn new(s: impl Into<String>) -> RemotePassword {
-        RemotePassword(s.into())
-    }
-
-    /// The password itself, to send it to the remote server.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for RemotePassword {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RemotePassword(***)")
-    }
-}
-
-/// How the connection to the remote server is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TlsMode {
-    /// TLS from the first byte (POP3S, port 995).
-    #[default]
-    Implicit,
-    /// `STLS` required before logging in (port 110).
-    Starttls,
-    /// No TLS (trusted networks only; the password crosses in the clear
-    /// unless APOP is used).
-    None,
-}
-
-impl TlsMode {
-    /// The name an operator types (`implicit`, `starttls`, `none`).
-    pub fn name(self) -> &'static str {
-        match self {
-            TlsMode::Implicit => "implicit",
-            TlsMode::Starttls => "starttls",
-            TlsMode::None => "none",
-        }
-    }
-
-    /// Parses `implicit`/`tls`/`ssl`, `starttls`/`stls`, `none`/`plain`.
-    pub fn parse(s: &str) -> Option<TlsMode> {
-        match s.to_ascii_lowercase().as_str() {
-            "implicit" | "tls" | "ssl" | "pop3s" => Some(TlsMode::Implicit),
-            "starttls" | "stls" => Some(TlsMode::Starttls),
-            "none" | "plain" => Some(TlsMode::None),
-            _ => None,
-        }
-    }
-}
-
-/// Where a remote mailbox lives and how to log in to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoteServer {
-    /// Host name or address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// TLS mode.
-    pub tls: TlsMode,
-    /// Verify the server's certificate (default on). Off only for
-    /// self-signed servers on trusted networks.
-    #[serde(default = "yes")]
-    pub tls_verify: bool,
-    /// Extra trusted certificate(s), PEM file (e.g. the old server's
-    /// self-signed certificate).
-    #[serde(default)]
-    pub ca_file: Option<String>,
-    /// Remote login name.
-    pub username: String,
-    /// Remote password.
-    pub password: RemotePassword,
-    /// Log in with APOP instead of a password login.
-    #[serde(default)]
-    pub apop: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl RemoteServer {
-    /// `user@host:port`, for listings and logs (no password).
-    pub fn display(&self) -> String {
-        format!("{}@{}:{}", self.username, self.host, self.port)
-    }
-
-    fn validate(&self) -> Result<(), AdminError> {
-        if self.host.is_empty()
-            || self.host.len() > 255
-            || self
-                .host
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(AdminError::Invalid(format!(
-                "`{}` is not a host name",
-                self.host
-            )));
-        }
-        if self.port == 0 {
-            return Err(AdminError::Invalid("the port cannot be 0".into()));
-        }
-        let bad = |s: &str| s.is_empty() || s.len() > 1024 || s.chars().any(|c| c.is_control());
-        if bad(&self.username) || self.username.contains(' ') {
-            return Err(AdminError::Invalid("bad remote user name".into()));
-        }
-        if bad(self.password.expose()) {
-            return Err(AdminError::Invalid(
-                "the remote password is empty or has control characters".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// What happened at the last fetches of a remote account.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FetchStatus {
-    /// When the last fetch started (Unix time).
-    pub last_attempt: Option<i64>,
-    /// When the last successful fetch ended.
-    pub last_success: Option<i64>,
-    /// A one-line result of the last fetch (never contains the password).
-    pub last_result: String,
-    /// Failures in a row (0 after a success).
-    pub failures: u32,
-    /// Earliest time of the next scheduled fetch (0 = as soon as possible).
-    pub next_attempt: i64,
-    /// Messages collected over the account's life.
-    pub fetched_total: u64,
-}
-
-/// The result of one fetch, as recorded by [`Store::record_remote_fetch`]
-/// and [`Store::record_domain_pop_fetch`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchOutcome {
-    /// When the fetch started.
-    pub started: i64,
-    /// When it ended.
-    pub finished: i64,
-    /// Success or failure.
-    pub ok: bool,
-    /// Messages collected.
-    pub fetched: u64,
-    /// One-line summary or error (must not contain the password).
-    pub message: String,
-}
-
-/// The delay before the next attempt: the interval after a success,
-/// doubled per failure in a row, at most [`MAX_BACKOFF_SECS`] (but never
-/// below the interval).
-pub fn backoff_delay(interval_secs: u64, failures: u32) -> u64 {
-    if failures == 0 {
-        return interval_secs;
-    }
-    let factor = 1u64 << failures.min(16);
-    interval_secs
-        .saturating_mul(factor)
-        .min(MAX_BACKOFF_SECS)
-        .max(interval_secs)
-}
-
-impl FetchStatus {
-    fn apply(&mut self, outcome: &FetchOutcome, interval_secs: u64) {
-        self.last_attempt = Some(outcome.started);
-        let mut text = outcome.message.replace(['\r', '\n'], " ");
-        if text.len() > MAX_RESULT_TEXT {
-            let mut cut = MAX_RESULT_TEXT;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-        }
-        self.last_result = text;
-        self.fetched_total = self.fetched_total.saturating_add(outcome.fetched);
-        if outcome.ok {
-            self.last_success = Some(outcome.finished);
-            self.failures = 0;
-        } else {
-            self.failures = self.failures.saturating_add(1);
-        }
-        let delay = backoff_delay(interval_secs, self.failures);
-        self.next_attempt = outcome
-            .finished
-            .saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
-    }
-}
-
-/// Settings of one MultiPOP account (a user's remote mailbox).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoteAccountConfig {
-    /// The remote server and login.
-    pub server: RemoteServer,
-    /// Local mailbox the messages go to (default `INBOX`).
-    pub folder: String,
-    /// Keep collected messages on the remote server (tracked by UIDL).
-    pub leave_on_server: bool,
-    /// With `leave_on_server`: delete a collected message from the server
-    /// this many days after it was collected (0 = never).
-    pub delete_after_days: u32,
-    /// Larger messages are skipped and left on the server (0 = the default,
-    /// [`DEFAULT_MAX_REMOTE_MESSAGE`]).
-    pub max_message_size: u64,
-    /// Collected on schedule.
-    pub enabled: bool,
-    /// Poll interval in seconds (at least [`MIN_FETCH_INTERVAL_SECS`]).
-    pub interval_secs: u64,
-}
-
-impl RemoteAccountConfig {
-    /// Defaults: INBOX, leave on server, never delete, 50 MiB, enabled,
-    /// every 300 s.
-    pub fn new(server: RemoteServer) -> RemoteAccountConfig {
-        RemoteAccountConfig {
-            server,
-            folder: umail_core::store::INBOX.to_string(),
-            leave_on_server: true,
-            delete_after_days: 0,
-            max_message_size: DEFAULT_MAX_REMOTE_MESSAGE,
-            enabled: true,
-            interval_secs: DEFAULT_FETCH_INTERVAL_SECS,
-        }
-    }
-
-    fn validate(&self) -> Result<(), AdminError> {
-        self.server.validate()?;
-        if self.folder.trim().is_empty() || self.folder.chars().any(|c| c.is_control()) {
-            return Err(AdminError::Invalid("bad target folder name".into()));
-        }
-        if self.interval_secs < MIN_FETCH_INTERVAL_SECS {
-            return Err(AdminError::Invalid(format!(
-                "the interval must be at least {MIN_FETCH_INTERVAL_SECS} seconds"
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// A stored MultiPOP account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoteAccountInfo {
-    /// Local account (lower-cased address) that owns it.
-    pub account: String,
-    /// Number of the remote account, unique in the database.
-    pub id: u64,
-    /// Settings.
-    pub config: RemoteAccountConfig,
-    /// Fetch status.
-    pub status: FetchStatus,
-    /// When it was added.
-    pub created: i64,
-}
-
-impl RemoteAccountInfo {
-    /// Prefix of the names of this account's seen sets.
-    pub fn seen_prefix(&self) -> String {
-        remote_seen_prefix(&self.account, self.id)
-    }
-}
 
 /// Prefix of the seen sets of MultiPOP account `id` of `account`.
 pub fn remote_seen_prefix(account: &str, id: u64) -> String {
@@ -331,109 +58,6 @@ pub fn domain_pop_seen_prefix(domain: &str) -> String {
 /// Prefix of the seen sets of `umail import` runs into `account`.
 pub fn import_seen_prefix(account: &str) -> String {
     format!("import/{account}/")
-}
-
-/// Settings of a domain's DomainPOP account (a catch-all remote mailbox
-/// routed to local users by its headers).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DomainPopConfig {
-    /// The remote server and login.
-    pub server: RemoteServer,
-    /// Keep collected messages on the remote server.
-    pub leave_on_server: bool,
-    /// With `leave_on_server`: delete after this many days (0 = never).
-    pub delete_after_days: u32,
-    /// Larger messages are skipped (0 = [`DEFAULT_MAX_REMOTE_MESSAGE`]).
-    pub max_message_size: u64,
-    /// Collected on schedule.
-    pub enabled: bool,
-    /// Poll interval in seconds.
-    pub interval_secs: u64,
-    /// Header fields to take recipients from, in order (empty = the
-    /// default list: Delivered-To, X-Original-To, X-Envelope-To, To, Cc).
-    pub headers: Vec<String>,
-    /// Who gets messages no header routes (usually the postmaster).
-    pub fallback: Option<String>,
-    /// Deliver each Message-ID only once (default on).
-    pub dedupe_message_id: bool,
-    /// Most Message-IDs remembered for de-duplication; the oldest are
-    /// forgotten first (0 = [`DEFAULT_MAX_MESSAGE_IDS`]).
-    pub max_message_ids: u64,
-    /// `Received` fields ignored from the top when reading `for` clauses
-    /// (the provider's own hops). Default 0.
-    #[serde(default)]
-    pub skip_received: u32,
-}
-
-impl DomainPopConfig {
-    /// Defaults: leave on server, 50 MiB, enabled, every 300 s, default
-    /// headers, no fallback, de-duplication on with 10 000 ids.
-    pub fn new(server: RemoteServer) -> DomainPopConfig {
-        DomainPopConfig {
-            server,
-            leave_on_server: true,
-            delete_after_days: 0,
-            max_message_size: DEFAULT_MAX_REMOTE_MESSAGE,
-            enabled: true,
-            interval_secs: DEFAULT_FETCH_INTERVAL_SECS,
-            headers: Vec::new(),
-            fallback: None,
-            dedupe_message_id: true,
-            max_message_ids: DEFAULT_MAX_MESSAGE_IDS,
-            skip_received: 0,
-        }
-    }
-
-    fn validate(&self) -> Result<(), AdminError> {
-        self.server.validate()?;
-        if self.interval_secs < MIN_FETCH_INTERVAL_SECS {
-            return Err(AdminError::Invalid(format!(
-                "the interval must be at least {MIN_FETCH_INTERVAL_SECS} seconds"
-            )));
-        }
-        for h in &self.headers {
-            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-                return Err(AdminError::Invalid(format!("`{h}` is not a header name")));
-            }
-        }
-        if let Some(f) = &self.fallback {
-            Address::parse(f).map_err(|e| AdminError::Invalid(format!("fallback `{f}`: {e}")))?;
-        }
-        Ok(())
-    }
-}
-
-/// A stored DomainPOP account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DomainPopInfo {
-    /// The local domain it delivers to.
-    pub domain: String,
-    /// Settings.
-    pub config: DomainPopConfig,
-    /// Fetch status.
-    pub status: FetchStatus,
-    /// When it was configured.
-    pub created: i64,
-}
-
-/// Admin limits on remote collection, system-wide or per domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CollectLimits {
-    /// Most MultiPOP accounts per user (0 = unlimited).
-    pub max_accounts_per_user: u64,
-    /// Most messages collected per remote mailbox per fetch (0 =
-    /// unlimited); the rest waits for the next fetch.
-    pub max_messages_per_fetch: u64,
-}
-
-impl Default for CollectLimits {
-    /// 5 accounts per user, 500 messages per fetch.
-    fn default() -> Self {
-        CollectLimits {
-            max_accounts_per_user: 5,
-            max_messages_per_fetch: 500,
-        }
-    }
 }
 
 /// Scope key of the system-wide limits.
@@ -630,7 +254,7 @@ impl Store {
         owner: &Address,
         config: RemoteAccountConfig,
     ) -> Result<RemoteAccountInfo, AdminError> {
-        config.validate()?;
+        config.validate().map_err(AdminError::Invalid)?;
         let owner = owner.clone();
         self.write(AdminError::storage, move |ctx| {
             if !user_exists(ctx.r(), &owner)? {
@@ -710,7 +334,7 @@ impl Store {
         id: u64,
         config: RemoteAccountConfig,
     ) -> Result<RemoteAccountInfo, AdminError> {
-        config.validate()?;
+        config.validate().map_err(AdminError::Invalid)?;
         let account = owner.lookup_key();
         self.write(AdminError::storage, move |ctx| {
             let Some(mut info) = ctx
@@ -725,10 +349,12 @@ impl Store {
             if mailbox(&info.config) != mailbox(&config) {
                 clear_prefix(ctx, &remote_seen_prefix(&account, id))?;
             }
+            if mailbox(&info.config) != mailbox(&config) {
+                info.status.refused.clear();
+            }
             info.config = config.clone();
             // A change of settings is worth an immediate attempt.
-            info.status.next_attempt = 0;
-            info.status.failures = 0;
+            info.status.retry_now();
             ctx.put_json(REMOTE_ACCOUNTS, (account.as_str(), id), &info)?;
             Ok(info)
         })
@@ -769,7 +395,7 @@ impl Store {
             else {
                 return Ok(None);
             };
-            info.status.apply(&outcome, info.config.interval_secs);
+            info.status.record(&outcome, info.config.interval_secs);
             ctx.put_json(REMOTE_ACCOUNTS, (account.as_str(), id), &info)?;
             Ok(Some(info.status))
         })
@@ -785,7 +411,7 @@ impl Store {
         domain: &Domain,
         config: DomainPopConfig,
     ) -> Result<DomainPopInfo, AdminError> {
-        config.validate()?;
+        config.validate().map_err(AdminError::Invalid)?;
         let domain = domain.as_str().to_string();
         self.write(AdminError::storage, move |ctx| {
             if !ctx.r().exists(crate::db::DOMAINS, domain.as_str())? {
@@ -797,10 +423,18 @@ impl Store {
                 config: config.clone(),
                 status: old
                     .as_ref()
-                    .map(|o| FetchStatus {
-                        next_attempt: 0,
-                        failures: 0,
-                        ..o.status.clone()
+                    .map(|o| {
+                        let mut status = o.status.clone();
+                        if !o
+                            .config
+                            .server
+                            .display()
+                            .eq_ignore_ascii_case(&config.server.display())
+                        {
+                            status.refused.clear();
+                        }
+                        status.retry_now();
+                        status
                     })
                     .unwrap_or_default(),
                 created: old.map_or_else(umail_core::unix_now, |o| o.created),
@@ -858,7 +492,7 @@ impl Store {
             else {
                 return Ok(None);
             };
-            info.status.apply(&outcome, info.config.interval_secs);
+            info.status.record(&outcome, info.config.interval_secs);
             ctx.put_json(DOMAIN_POP, domain.as_str(), &info)?;
             Ok(Some(info.status))
         })
@@ -1040,15 +674,6 @@ mod tests {
         assert!(serde_json::to_string(&cfg).unwrap().contains("hunter2"));
     }
 
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        assert_eq!(backoff_delay(300, 0), 300);
-        assert_eq!(backoff_delay(300, 1), 600);
-        assert_eq!(backoff_delay(300, 3), 2400);
-        assert_eq!(backoff_delay(300, 30), MAX_BACKOFF_SECS);
-        assert_eq!(backoff_delay(100_000, 2), 100_000);
-    }
-
     #[tokio::test]
     async fn remote_accounts_crud_limits_and_status() {
         let s = store().await;
@@ -1110,6 +735,7 @@ mod tests {
             ok: false,
             fetched: 0,
             message: "connection refused\r\nx".into(),
+            refused: Vec::new(),
         };
         let st = s
             .record_remote_fetch("alice@example.com", a.id, fail.clone())
@@ -1129,7 +755,14 @@ mod tests {
             finished: 2005,
             ok: true,
             fetched: 7,
-            message: "7 fetched".into(),
+            message: "7 fetched, 1 refused".into(),
+            refused: vec![RefusedMessage {
+                uidl: "u9".into(),
+                reason: "552 5.2.2 Mailbox full".into(),
+                attempts: 1,
+                retry_after: 9000,
+                ..RefusedMessage::default()
+            }],
         };
         let st = s
             .record_remote_fetch("alice@example.com", a.id, ok)
@@ -1140,22 +773,26 @@ mod tests {
         assert_eq!(st.next_attempt, 2305);
         assert_eq!(st.fetched_total, 7);
         assert_eq!(st.last_success, Some(2005));
+        assert_eq!(st.refused.len(), 1, "refused messages are remembered");
 
-        // Changing the password keeps the seen set; changing the mailbox
-        // forgets it.
-        let prefix = a.seen_prefix();
+        // Changing the password keeps the seen set and the refused
+        // messages (due again at once); changing the mailbox forgets both.
+        let prefix = remote_seen_prefix(&a.account, a.id);
         s.mark_seen(&format!("{prefix}src"), "u0", 5, 0)
             .await
             .unwrap();
         let mut cfg = a.config.clone();
         cfg.server.password = RemotePassword::new("new-password");
-        s.update_remote_account(&alice, a.id, cfg.clone())
+        let updated = s
+            .update_remote_account(&alice, a.id, cfg.clone())
             .await
             .unwrap();
         assert_eq!(s.seen_len(&format!("{prefix}src")).unwrap(), 1);
+        assert_eq!(updated.status.refused[0].retry_after, 0);
         cfg.server.host = "pop.other.example".into();
         let updated = s.update_remote_account(&alice, a.id, cfg).await.unwrap();
         assert_eq!(updated.status.fetched_total, 7);
+        assert!(updated.status.refused.is_empty());
         assert_eq!(s.seen_len(&format!("{prefix}src")).unwrap(), 0);
 
         // Seen sets go with the account.
@@ -1167,12 +804,21 @@ mod tests {
         assert!(s.remote_account(&alice, a.id).unwrap().is_none());
 
         // Removing the user removes the rest.
-        s.mark_seen(&format!("{}src", b.seen_prefix()), "u1", 5, 0)
-            .await
-            .unwrap();
+        s.mark_seen(
+            &format!("{}src", remote_seen_prefix(&b.account, b.id)),
+            "u1",
+            5,
+            0,
+        )
+        .await
+        .unwrap();
         s.remove_user(&alice).await.unwrap();
         assert!(s.list_remote_accounts(None).unwrap().is_empty());
-        assert_eq!(s.seen_len(&format!("{}src", b.seen_prefix())).unwrap(), 0);
+        assert_eq!(
+            s.seen_len(&format!("{}src", remote_seen_prefix(&b.account, b.id)))
+                .unwrap(),
+            0
+        );
         s.check_invariants().unwrap();
     }
 
@@ -1238,6 +884,7 @@ mod tests {
                 ok: true,
                 fetched: 3,
                 message: "ok".into(),
+                refused: Vec::new(),
             },
         )
         .await

@@ -1,31 +1,26 @@
-//! `umail import pop3`: copies remote POP3 mailboxes into local accounts
-//! once (migration from an old server).
-//!
-//! The UIDLs already imported are kept in the store (seen sets under
-//! `import/<account>/`), so running the import again copies only new
-//! messages. Without `--leave-on-server` each message is deleted from the
-//! old server after it is durably stored here.
+//! `umail import pop3`: the CLI of `umail_pop3::collect::Collector::import`,
+//! which copies remote POP3 mailboxes into local accounts once (migration
+//! from an old server) through the ingest pipeline. Running it again
+//! copies only new messages; without `--leave-on-server` each message is
+//! deleted from the old server once it is durably stored here, and a
+//! message refused here stays there and is named in the summary.
 //!
 //! With the server running (its admin socket answers) each account is
-//! imported by the server itself over the admin socket, and progress is
-//! shown per account; otherwise the database is opened directly and
-//! progress is shown per message.
+//! imported by the server itself over the admin socket; otherwise the
+//! database is opened directly and, when standard error is a terminal
+//! (and not in `--json` mode), a progress line shows messages and bytes.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use umail_core::Address;
 use umail_core::config::Config;
-use umail_pop3::collect::fetch_multipop;
-use umail_store::collection::import_seen_prefix;
-use umail_store::{RemotePassword, RemoteServer, Store, TlsMode};
+use umail_pop3::collect::{Collector, FetchProgress, ImportRequest, ProgressFn};
+use umail_store::{RemotePassword, RemoteServer, TlsMode};
 
-use super::remote::{self, FetchGuard, StoreState};
 use crate::admin::{AdminReply, AdminRequest, Output};
 
 /// `umail import ...`
@@ -168,62 +163,65 @@ fn parse_batch(args: &ImportPop3Args, text: &str) -> Result<Vec<ImportSpec>> {
     Ok(out)
 }
 
-/// Imports one account into `store`; `progress` is called after each
-/// message with the number stored so far.
+/// Imports one account with `collector`; `progress` is called after each
+/// message.
 pub async fn execute_import(
-    store: &Store,
+    collector: &Collector,
     spec: ImportSpec,
-    progress: Option<Box<dyn Fn(u64) + Send + Sync>>,
+    progress: Option<&ProgressFn<'_>>,
 ) -> AdminReply {
     let to = Address::parse(&spec.to).map_err(|e| format!("`{}`: {e}", spec.to))?;
-    if store.get_user(&to).map_err(|e| e.to_string())?.is_none() {
-        return Err(format!("not found: user {to}"));
-    }
-    let account = to.lookup_key();
-    let remote = remote::remote_account(
-        &spec.server,
-        spec.leave_on_server,
-        0,
-        umail_store::MAX_MESSAGE_SIZE,
-        0,
-    )?;
-    let prefix = import_seen_prefix(&account);
-    let key = format!("{prefix}{}", remote.source_key());
-    let Some(_guard) = FetchGuard::claim(&key) else {
-        return Err("an import of this mailbox is already running".into());
+    let request = ImportRequest {
+        server: spec.server.clone(),
+        to,
+        folder: spec.folder.clone(),
+        leave_on_server: spec.leave_on_server,
+        max_message_size: umail_store::MAX_MESSAGE_SIZE,
     };
-    let mut state = StoreState::new(store.clone(), prefix, 0);
-    if let Some(p) = progress {
-        let count = Arc::new(AtomicU64::new(0));
-        state.on_mark = Some(Box::new(move |_| {
-            p(count.fetch_add(1, Ordering::Relaxed) + 1);
-        }));
-    }
-    tracing::info!(target: "pop3", to = %account, remote = %spec.server.display(), "import started");
-    let report = fetch_multipop(&remote, store, &account, &spec.folder, &state)
+    let report = collector
+        .import(&request, progress)
         .await
-        .map_err(|e| {
-            let text = remote::error_text(&e);
-            tracing::warn!(target: "pop3", to = %account, remote = %spec.server.display(), error = %text, "import failed");
-            format!("import from {} failed: {text}", spec.server.display())
+        .map_err(|e| match e {
+            umail_pop3::collect::CollectError::UnknownAccount(_) => e.to_string(),
+            e => format!("import from {} failed: {e}", spec.server.display()),
         })?;
-    tracing::info!(target: "pop3", to = %account, remote = %spec.server.display(), result = %remote::summary(&report), "import done");
-    Ok(Output::Record {
-        fields: vec![
-            ("from".into(), spec.server.display()),
-            ("to".into(), format!("{account} {}", spec.folder)),
-            ("on_server".into(), report.on_server.to_string()),
-            ("imported".into(), report.fetched.to_string()),
-            ("already_imported".into(), report.already_seen.to_string()),
-            ("deleted_on_server".into(), report.deleted.to_string()),
-            ("too_large".into(), report.skipped_too_large.to_string()),
-            ("over_quota".into(), report.over_quota.to_string()),
-        ],
-    })
+    let mut fields = vec![
+        ("from".into(), spec.server.display()),
+        ("to".into(), format!("{} {}", request.to, spec.folder)),
+        ("on_server".into(), report.on_server.to_string()),
+        ("imported".into(), report.fetched.to_string()),
+        ("already_imported".into(), report.already_seen.to_string()),
+        ("deleted_on_server".into(), report.deleted.to_string()),
+        ("too_large".into(), report.skipped_too_large.to_string()),
+        ("deferred".into(), report.deferred.to_string()),
+        (
+            "refused".into(),
+            format!("{} (left on the old server)", report.refused.len()),
+        ),
+    ];
+    fields.extend(
+        report
+            .refused
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("refused_{}", i + 1), r.describe())),
+    );
+    Ok(Output::Record { fields })
+}
+
+/// The progress line: messages and bytes done of the total.
+fn progress_line(label: &str, p: &FetchProgress) -> String {
+    format!(
+        "{label}: {}/{} messages, {}/{} KiB",
+        p.messages_done,
+        p.messages_total,
+        p.bytes_done / 1024,
+        p.bytes_total / 1024
+    )
 }
 
 /// Runs `umail import ...`.
-pub async fn run(cmd: ImportCmd, config: &Config) -> Result<()> {
+pub async fn run(cmd: ImportCmd, config: &Config, json: bool) -> Result<()> {
     let ImportCmd::Pop3(args) = cmd;
     let specs = match &args.batch {
         Some(file) => {
@@ -249,7 +247,7 @@ pub async fn run(cmd: ImportCmd, config: &Config) -> Result<()> {
     let data_dir = &config.server.data_dir;
     let socket = data_dir.join(crate::admin_socket::SOCKET_NAME);
     let live = crate::serve::socket_is_live(&socket);
-    let store = if live {
+    let collector = if live {
         None
     } else {
         if !crate::database_path(data_dir).exists() {
@@ -258,8 +256,10 @@ pub async fn run(cmd: ImportCmd, config: &Config) -> Result<()> {
                 data_dir.display()
             );
         }
-        Some(crate::open_store(data_dir)?)
+        let store = crate::open_store(data_dir)?;
+        Some(super::database_collector(&store, config))
     };
+    let show_progress = !json && std::io::stderr().is_terminal();
     let total = specs.len();
     let mut failed = 0;
     for (i, spec) in specs.into_iter().enumerate() {
@@ -269,7 +269,7 @@ pub async fn run(cmd: ImportCmd, config: &Config) -> Result<()> {
             spec.server.display(),
             spec.to
         );
-        let reply = match &store {
+        let reply = match &collector {
             None => {
                 eprintln!("{label}: importing through the running server ...");
                 crate::admin_socket::send(
@@ -278,21 +278,43 @@ pub async fn run(cmd: ImportCmd, config: &Config) -> Result<()> {
                 )
                 .await?
             }
-            Some(store) => {
+            Some(collector) => {
                 eprintln!("{label}: importing ...");
                 let progress_label = label.clone();
-                let progress: Box<dyn Fn(u64) + Send + Sync> = Box::new(move |n| {
+                let progress = move |p: &FetchProgress| {
                     let mut err = std::io::stderr().lock();
-                    let _ = write!(err, "\r{progress_label}: {n} messages");
+                    let _ = write!(err, "\r\x1b[2K{}", progress_line(&progress_label, p));
                     let _ = err.flush();
-                });
-                let r = execute_import(store, spec, Some(progress)).await;
-                eprintln!();
+                };
+                let r = execute_import(
+                    collector,
+                    spec,
+                    show_progress.then_some(&progress as &ProgressFn),
+                )
+                .await;
+                if show_progress {
+                    eprintln!();
+                }
                 r
             }
         };
         match reply {
-            Ok(out) => print!("{}", out.to_text()),
+            Ok(out) => {
+                if let Output::Record { fields } = &out {
+                    let field = |k: &str| {
+                        fields
+                            .iter()
+                            .find(|(n, _)| n == k)
+                            .map_or("0", |(_, v)| v.as_str())
+                    };
+                    let refused = field("refused").split(' ').next().unwrap_or("0");
+                    eprintln!(
+                        "{label}: {} messages imported, {refused} refused",
+                        field("imported"),
+                    );
+                }
+                out.print(json);
+            }
             Err(message) => {
                 failed += 1;
                 eprintln!("{label}: {message}");

@@ -1,16 +1,20 @@
-//! Remote mail collection in the binary: per-user MultiPOP and per-domain
-//! DomainPOP accounts, their schedule, `umail import pop3`, and
-//! `umail bench pop3`.
+//! Remote mail collection in the binary: the CLI and admin requests of
+//! per-user MultiPOP and per-domain DomainPOP accounts, `umail import
+//! pop3`, and `umail bench pop3`. The collection itself — fetching through
+//! the ingest pipeline, the schedule, imports — is
+//! `umail_pop3::collect::Collector`; this module composes it with the
+//! store ([`accounts::StoreAccounts`]) and prints its reports.
 //!
 //! * `umail fetch ...` builds a [`CollectRequest`] that runs through the
 //!   admin socket of a running server, or directly on the database when
 //!   no server runs ([`execute`]). `fetch run` fetches immediately in
-//!   whichever process executes it.
-//! * The scheduler ([`spawn_scheduler`]) fetches enabled accounts when due
-//!   (per-account interval, default 300 s; backoff after failures).
+//!   whichever process executes it, with that process's collector.
+//! * [`start`] runs the collector's scheduler in `umail serve`.
 //! * `umail import pop3` copies remote mailboxes once; with the server
 //!   running it is executed by the server over the admin socket.
-//! * Settings and seen UIDLs live in the store (`umail_store::collection`).
+//! * Settings, status (with the messages refused locally and left on the
+//!   remote server) and seen UIDLs live in the store
+//!   (`umail_store::collection`).
 //!
 //! ```text
 //! umail fetch add ACCOUNT --host H [--port P] [--tls implicit|starttls|none]
@@ -31,16 +35,19 @@
 //!       [--messages M] [--size S]
 //! ```
 
+mod accounts;
 mod bench;
 mod import;
-mod remote;
-mod scheduler;
+
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgAction, Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use umail_core::config::Config;
+use umail_core::ingest::{Ingest, IngestSettings};
 use umail_core::{Address, Domain, Services, Shutdown};
+use umail_pop3::collect::{Collector, FetchReport, Trigger};
 use umail_store::{
     CollectLimits, DomainPopConfig, DomainPopInfo, FetchStatus, RemoteAccountConfig,
     RemoteAccountInfo, RemotePassword, RemoteServer, Store, TlsMode,
@@ -555,7 +562,7 @@ fn server_fields(s: &RemoteServer) -> Vec<(String, String)> {
 }
 
 fn status_fields(s: &FetchStatus, interval: u64) -> Vec<(String, String)> {
-    vec![
+    let mut fields = vec![
         ("interval".into(), format!("{interval} s")),
         ("last_attempt".into(), fmt_time(s.last_attempt)),
         ("last_success".into(), fmt_time(s.last_success)),
@@ -563,7 +570,22 @@ fn status_fields(s: &FetchStatus, interval: u64) -> Vec<(String, String)> {
         ("failures".into(), s.failures.to_string()),
         ("next_attempt".into(), fmt_time(Some(s.next_attempt))),
         ("fetched_total".into(), s.fetched_total.to_string()),
-    ]
+        (
+            "refused".into(),
+            format!("{} (left on the remote server)", s.refused.len()),
+        ),
+    ];
+    fields.extend(s.refused.iter().enumerate().map(|(i, r)| {
+        (
+            format!("refused_{}", i + 1),
+            format!(
+                "{}; next scheduled try {}",
+                r.describe(),
+                fmt_time(Some(r.retry_after))
+            ),
+        )
+    }));
+    fields
 }
 
 fn account_record(a: &RemoteAccountInfo) -> Output {
@@ -790,7 +812,7 @@ pub async fn execute(store: &Store, request: CollectRequest) -> AdminReply {
                 ],
             })
         }
-        R::Import(spec) => import::execute_import(store, spec, None).await,
+        R::Import(spec) => import::execute_import(&process_collector()?, spec, None).await,
     }
 }
 
@@ -803,6 +825,7 @@ async fn run_now(
     only_domain: Option<String>,
 ) -> AdminReply {
     let e = |e: umail_store::AdminError| e.to_string();
+    let collector = process_collector()?;
     let mut rows = Vec::new();
     if only_domain.is_none() {
         let owner = account.as_deref().map(address).transpose()?;
@@ -812,15 +835,11 @@ async fn run_now(
             .filter(|a| id.is_none_or(|i| i == a.id))
             .filter(|a| a.config.enabled || id.is_some())
         {
-            let r = remote::run_remote(store, store, a).await;
-            rows.push(vec![
+            let r = collector.collect_account(a, Trigger::Operator).await;
+            rows.push(run_row(
                 format!("{} #{} {}", a.account, a.id, a.config.server.display()),
-                if r.is_ok() { "ok" } else { "failed" }.to_string(),
-                match r {
-                    Ok(rep) => remote::summary(&rep),
-                    Err(m) => m,
-                },
-            ]);
+                r,
+            ));
         }
         if id.is_some() && rows.is_empty() {
             return Err(format!(
@@ -840,15 +859,11 @@ async fn run_now(
             .filter(|d| d.config.enabled || only.is_some())
         {
             matched = true;
-            let r = remote::run_domain(store, store, store, d).await;
-            rows.push(vec![
+            let r = collector.collect_domain(d, Trigger::Operator).await;
+            rows.push(run_row(
                 format!("domain {} {}", d.domain, d.config.server.display()),
-                if r.is_ok() { "ok" } else { "failed" }.to_string(),
-                match r {
-                    Ok(rep) => remote::summary(&rep),
-                    Err(m) => m,
-                },
-            ]);
+                r,
+            ));
         }
         if let Some(o) = only
             && !matched
@@ -862,9 +877,33 @@ async fn run_now(
     })
 }
 
+/// A row of `fetch run`: the source, ok or failed, and the summary (with
+/// each refused message) or the error.
+fn run_row(
+    source: String,
+    result: Result<FetchReport, umail_pop3::collect::CollectError>,
+) -> Vec<String> {
+    let details = match &result {
+        Ok(report) => {
+            let mut text = report.summary();
+            for r in &report.refused {
+                text.push_str("; refused ");
+                text.push_str(&r.describe());
+            }
+            text
+        }
+        Err(e) => e.to_string(),
+    };
+    vec![
+        source,
+        if result.is_ok() { "ok" } else { "failed" }.to_string(),
+        details,
+    ]
+}
+
 /// Runs `umail import ...`.
-pub async fn run_import(cmd: ImportCmd, config: &Config) -> Result<()> {
-    import::run(cmd, config).await
+pub async fn run_import(cmd: ImportCmd, config: &Config, json: bool) -> Result<()> {
+    import::run(cmd, config, json).await
 }
 
 /// Runs `umail bench pop3`.
@@ -872,7 +911,44 @@ pub async fn bench_pop3(args: Pop3BenchArgs) -> Result<()> {
     bench::run(args).await
 }
 
-/// Starts the background collector of `umail serve`.
-pub fn spawn_scheduler(store: Store, services: Services, shutdown: Shutdown) {
-    scheduler::spawn(store, services, shutdown);
+/// The collector of this process: the server's (installed by [`start`]),
+/// or, in a CLI process that opened the database itself, one over that
+/// database ([`use_database`]). Admin requests reach collection through
+/// it, so a `fetch run` and the scheduler never fetch one mailbox at once.
+static COLLECTOR: OnceLock<Collector> = OnceLock::new();
+
+/// A collector over `store` whose messages go through `ingest`.
+fn collector(store: &Store, ingest: Ingest) -> Collector {
+    Collector::new(Arc::new(accounts::StoreAccounts(store.clone())), ingest)
+}
+
+/// A collector for a process without a server: the pipeline over the
+/// store's own services and the configured `[smtp]` limits.
+fn database_collector(store: &Store, config: &Config) -> Collector {
+    let services = store.services(crate::serve::effective_hostname(config), &config.security);
+    collector(
+        store,
+        Ingest::new(services, IngestSettings::from_smtp(&config.smtp)),
+    )
+}
+
+/// Starts the collector of `umail serve`: its scheduler runs until
+/// `shutdown`, and admin requests use it.
+pub fn start(config: &Config, store: &Store, services: &Services, shutdown: &Shutdown) {
+    let ingest = Ingest::new(services.clone(), IngestSettings::from_smtp(&config.smtp));
+    let collector = COLLECTOR.get_or_init(|| collector(store, ingest));
+    collector.spawn(shutdown.clone());
+}
+
+/// Makes collection requests of this CLI process work on `store`, the
+/// database it opened because no server runs.
+pub fn use_database(store: &Store, config: &Config) {
+    COLLECTOR.get_or_init(|| database_collector(store, config));
+}
+
+fn process_collector() -> Result<Collector, String> {
+    COLLECTOR
+        .get()
+        .cloned()
+        .ok_or_else(|| "remote collection is not started yet; try again".to_string())
 }
