@@ -523,3 +523,92 @@ fn helpers_follow_rfc_1939_and_fetchmail() {
     );
     assert_eq!(strip_fetchmail_received(b"Subject: x\r\n\r\nb\r\n"), None);
 }
+
+/// `umail bench pop3` verifies every message it retrieves (size and
+/// SHA-256) and prints a figure only when all matched, for umail and for a
+/// throwaway Dovecot on the same mix.
+#[test]
+fn bench_pop3_verifies_every_message_beside_dovecot() {
+    assert!(
+        Path::new("/usr/sbin/dovecot").exists(),
+        "dovecot is required (apt-get install -y dovecot-pop3d)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(common::umail_bin())
+        .args([
+            "bench",
+            "pop3",
+            "--clients",
+            "2",
+            "--messages",
+            "20",
+            "--size",
+            "20K",
+            "--compare-dovecot",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("run umail bench pop3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for server in ["umail", "dovecot"] {
+        assert!(
+            stdout.contains(&format!("{server}: retrieved 40 messages, 0.8 MB in "))
+                && stdout.contains(&format!("{server}: throughput ")),
+            "{stdout}"
+        );
+    }
+    assert_eq!(
+        stdout
+            .matches("every message verified (size, SHA-256)")
+            .count(),
+        2,
+        "{stdout}"
+    );
+}
+
+/// Messages the bench did not generate cannot be verified: the run fails,
+/// names them, and prints no figure.
+#[test]
+fn bench_pop3_refuses_a_figure_for_messages_it_cannot_verify() {
+    let server = TestServer::start_with("[pop3]\nplaintext_auth_without_tls = true\n");
+    server.umail_ok(&["domain", "add", "example.com"]);
+    server.umail_ok(&["user", "add", "bob@example.com", "--password", NEW_PASSWORD]);
+    python(
+        &format!(
+            r#"{PY_PRELUDE}
+s = smtplib.SMTP(HOST, int(os.environ["SMTP"]), timeout=60)
+s.sendmail("a@remote.example", ["bob@example.com"], b"Subject: plain\r\n\r\nnot a bench message\r\n")
+s.quit()
+"#
+        ),
+        &[("SMTP", server.port("smtp").to_string())],
+    );
+    let addr = server.addr("pop3").to_string();
+    let out = server.umail(&[
+        "bench",
+        "pop3",
+        "--target",
+        &addr,
+        "--user",
+        "bob@example.com",
+        "--password",
+        NEW_PASSWORD,
+        "--clients",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("target: 2 of 2 messages did not match; no figure")
+            && stdout.contains("no X-Bench-Body field"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("throughput"), "{stdout}");
+    assert!(stderr.contains("no throughput figure reported"), "{stderr}");
+}
