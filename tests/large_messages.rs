@@ -679,7 +679,7 @@ fn admin_socket_and_http_carry_responses_larger_than_any_buffer() {
         .map(|i| format!("member{i:05}@partner{:02}.example", i % 97))
         .collect();
     let request = serde_json::json!({
-        "op": "alias_add", "alias": "everyone@example.com", "targets": targets,
+        "op": "alias_add", "alias": "partners@example.com", "targets": targets,
     })
     .to_string();
     assert!(request.len() > 500_000);
@@ -688,7 +688,7 @@ fn admin_socket_and_http_carry_responses_larger_than_any_buffer() {
     targets.sort();
 
     // Through the admin socket, as text and as JSON.
-    let text = server.umail_ok(&["alias", "show", "everyone@example.com"]);
+    let text = server.umail_ok(&["alias", "show", "partners@example.com"]);
     let mut shown: Vec<String> = text
         .split_whitespace()
         .filter(|w| w.contains("@partner"))
@@ -696,7 +696,7 @@ fn admin_socket_and_http_carry_responses_larger_than_any_buffer() {
         .collect();
     shown.sort();
     assert!(shown == targets, "{} of 20000 targets shown", shown.len());
-    let json = server.umail_ok(&["--json", "alias", "show", "everyone@example.com"]);
+    let json = server.umail_ok(&["--json", "alias", "show", "partners@example.com"]);
     let value: serde_json::Value = serde_json::from_str(&json).expect("JSON reply");
     let mut strings = Vec::new();
     json_strings(&value, &mut strings);
@@ -711,7 +711,7 @@ fn admin_socket_and_http_carry_responses_larger_than_any_buffer() {
     // Through HTTP.
     let (status, body) = admin_http(
         &server,
-        r#"{"op":"alias_show","alias":"everyone@example.com"}"#,
+        r#"{"op":"alias_show","alias":"partners@example.com"}"#,
     );
     assert_eq!(status, 200);
     assert!(body.len() > 500_000, "{} bytes", body.len());
