@@ -17,7 +17,11 @@ use crate::admin::{AdminReply, AdminRequest};
 
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024 * 1024;
+/// How long a client may take to send its request (slow clients must not
+/// hold connections open).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to read the response.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves the API until shutdown.
 pub async fn serve(listener: TcpListener, store: Store, mut shutdown: Shutdown) {
@@ -34,9 +38,11 @@ pub async fn serve(listener: TcpListener, store: Store, mut shutdown: Shutdown) 
             },
         };
         let store = store.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(READ_TIMEOUT, handle(stream, store)).await;
-        });
+        // The request itself runs to its end, however long it takes (a
+        // bulk import hashes a password per user), and its response is
+        // written: only reading the request and writing the response are
+        // bounded in time, as on the admin socket.
+        tokio::spawn(handle(stream, store));
     }
 }
 
@@ -124,6 +130,7 @@ async fn respond(stream: &mut TcpStream, status: u16, body: &str) {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",
         431 => "Request Header Fields Too Large",
@@ -139,8 +146,11 @@ async fn respond(stream: &mut TcpStream, status: u16, body: &str) {
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 fn error_body(message: &str) -> String {
@@ -167,9 +177,12 @@ async fn is_system_admin(store: &Store, authorization: Option<&str>) -> bool {
 }
 
 async fn handle(mut stream: TcpStream, store: Store) {
-    let request = match read_request(&mut stream).await {
-        Ok(r) => r,
-        Err((status, message)) => return respond(&mut stream, status, &error_body(message)).await,
+    let request = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err((status, message))) => {
+            return respond(&mut stream, status, &error_body(message)).await;
+        }
+        Err(_) => return respond(&mut stream, 408, &error_body("request timeout")).await,
     };
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/api/v1/health") => {

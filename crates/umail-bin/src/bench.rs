@@ -151,6 +151,91 @@ impl BenchServer {
     }
 }
 
+/// Samples, every 100 ms while a benchmark runs, the memory of a server
+/// and every process it started: the sum of their proportional set sizes
+/// (PSS, so pages shared between Dovecot's processes count once). This
+/// measures umail (one process) and multi-process servers alike.
+pub struct MemorySampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<TreeMemory>,
+}
+
+/// The largest sample a [`MemorySampler`] saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TreeMemory {
+    /// Sum of PSS over the process tree, KiB.
+    pub pss_kib: u64,
+    /// Processes in the tree at that sample.
+    pub processes: usize,
+}
+
+impl MemorySampler {
+    /// Starts sampling the tree rooted at `pid`.
+    pub fn start(pid: u32) -> MemorySampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peak = TreeMemory::default();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let sample = tree_memory(pid);
+                if sample.pss_kib > peak.pss_kib {
+                    peak = sample;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        });
+        MemorySampler { stop, thread }
+    }
+
+    /// Stops sampling; the peak seen.
+    pub fn finish(self) -> TreeMemory {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+fn tree_memory(root: u32) -> TreeMemory {
+    // Parent of every process, from /proc/PID/stat ("pid (comm) state ppid").
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut total = TreeMemory::default();
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            total.processes += 1;
+            total.pss_kib += rollup
+                .lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        todo.extend(children.remove(&pid).unwrap_or_default());
+    }
+    total
+}
+
 fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status

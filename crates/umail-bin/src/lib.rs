@@ -33,6 +33,7 @@ mod admin_http;
 mod admin_socket;
 mod backup;
 mod bench;
+mod bench_dovecot;
 mod bench_imap;
 mod bootstrap;
 mod cli;

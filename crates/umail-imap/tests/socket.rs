@@ -1,5 +1,6 @@
 //! Socket-level tests: the tokio driver on 127.0.0.1:0 with in-memory
-//! services and a self-signed certificate, driven by Python's `imaplib`.
+//! services and a self-signed certificate, driven by Python's `imaplib`,
+//! `mbsync` and a raw client that reads multi-MiB FETCH literals.
 
 mod common;
 
@@ -383,3 +384,162 @@ async fn mbsync_round_trip_hundreds_of_messages() {
         .count();
     assert_eq!(flagged_files, 10);
 }
+
+/// Reads one response (its line and every literal it carries). Returns
+/// the text with the literals' bytes left out, and the literals.
+async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> (String, Vec<Vec<u8>>) {
+    use tokio::io::AsyncReadExt;
+    let mut text = Vec::new();
+    let mut literals = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        assert!(
+            r.read_until(b'\n', &mut line).await.expect("read") > 0,
+            "closed"
+        );
+        text.extend_from_slice(&line);
+        // RFC 9051 §4.3: a literal is announced by {n} at the end of a line.
+        let size = line.strip_suffix(b"}\r\n").and_then(|head| {
+            let open = head.iter().rposition(|b| *b == b'{')?;
+            std::str::from_utf8(&head[open + 1..])
+                .ok()?
+                .parse::<usize>()
+                .ok()
+        });
+        let Some(size) = size else {
+            return (String::from_utf8_lossy(&text).into_owned(), literals);
+        };
+        let mut literal = vec![0u8; size];
+        r.read_exact(&mut literal).await.expect("literal");
+        literals.push(literal);
+    }
+}
+
+/// Sends `command` tagged `tag` and reads up to its tagged reply: the
+/// untagged responses' texts and literals, and the tagged line.
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    r: &mut BufReader<S>,
+    tag: &str,
+    command: &str,
+) -> (Vec<String>, Vec<Vec<u8>>, String) {
+    r.get_mut()
+        .write_all(format!("{tag} {command}\r\n").as_bytes())
+        .await
+        .expect("write");
+    let (mut texts, mut literals) = (Vec::new(), Vec::new());
+    loop {
+        let (text, mut l) = read_response(r).await;
+        if text.starts_with(&format!("{tag} ")) {
+            return (texts, literals, text);
+        }
+        texts.push(text);
+        literals.append(&mut l);
+    }
+}
+
+/// FETCH of multi-MiB messages (each one larger than every buffer of the
+/// driver, and several in one response) gives each message byte for byte
+/// after its literal header, before the tagged OK, in plain text and
+/// after STARTTLS; partial fetches give exactly the slice asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_of_multi_mib_messages_is_byte_exact() {
+    use umail_core::MailStore;
+    let env = common::env();
+    let mut messages = Vec::new();
+    for (i, size) in [1024 * 1024, 5 * 1024 * 1024 + 3, 17 * 1024 * 1024 + 1]
+        .into_iter()
+        .enumerate()
+    {
+        // Text that looks like protocol (a literal header, a tagged OK, a
+        // closing parenthesis) and 8-bit bytes, in long runs.
+        let mut m = format!("Subject: big {i}\r\n\r\n").into_bytes();
+        let mut n = 0u32;
+        while m.len() < size {
+            n += 1;
+            match n % 499 {
+                0 => m.extend_from_slice(b"{12}\r\n"),
+                1 => m.extend_from_slice(b"a1 OK FETCH completed)\r\n"),
+                2 => m.extend_from_slice("\u{4e2d}\u{6587} caf\u{e9}\r\n".as_bytes()),
+                _ => {
+                    m.extend(std::iter::repeat_n(b'a' + (n % 26) as u8, 76));
+                    m.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        m.truncate(size);
+        env.store
+            .append(
+                "alice@example.com",
+                "INBOX",
+                bytes::Bytes::from(m.clone()),
+                Default::default(),
+                0,
+            )
+            .await
+            .expect("append");
+        messages.push(m);
+    }
+    let config = ImapConfig {
+        plaintext_auth_without_tls: true,
+        ..ImapConfig::default()
+    };
+    let addr = start(&env, config, Shutdown::never()).await;
+    for starttls in [false, true] {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut plain = BufReader::new(stream);
+        let (_, _) = read_response(&mut plain).await;
+        let stream: Box<dyn Stream> = if starttls {
+            let (_, _, ok) = exchange(&mut plain, "s", "STARTTLS").await;
+            assert!(ok.starts_with("s OK"), "{ok}");
+            Box::new(tls_connect(plain.into_inner()).await.expect("handshake"))
+        } else {
+            Box::new(plain.into_inner())
+        };
+        let mut r = BufReader::new(stream);
+        let (_, _, ok) = exchange(&mut r, "l", "LOGIN alice@example.com secret").await;
+        assert!(ok.starts_with("l OK"), "{ok}");
+        let (_, _, ok) = exchange(&mut r, "s", "SELECT INBOX").await;
+        assert!(ok.starts_with("s OK"), "{ok}");
+
+        let (texts, literals, ok) = exchange(&mut r, "a1", "FETCH 1:3 (UID BODY.PEEK[])").await;
+        assert!(ok.starts_with("a1 OK"), "{ok}");
+        assert_eq!(literals.len(), 3, "{texts:?}");
+        for (i, (got, want)) in literals.iter().zip(&messages).enumerate() {
+            assert!(
+                got == want,
+                "starttls {starttls}, message {}: {} bytes, want {}",
+                i + 1,
+                got.len(),
+                want.len()
+            );
+            let text = &texts[i];
+            assert!(
+                text.starts_with(&format!(
+                    "* {} FETCH (UID {} BODY[] {{{}}}\r\n",
+                    i + 1,
+                    i + 1,
+                    want.len()
+                )) && text.ends_with(")\r\n"),
+                "{text:.200}"
+            );
+        }
+
+        let (texts, literals, ok) =
+            exchange(&mut r, "a2", "FETCH 3 (BODY.PEEK[]<1000.9000000>)").await;
+        assert!(ok.starts_with("a2 OK"), "{ok}");
+        assert_eq!(literals.len(), 1, "{texts:?}");
+        assert!(literals[0] == messages[2][1000..9_001_000], "partial fetch");
+        assert!(
+            texts[0].starts_with("* 3 FETCH (BODY[]<1000> {9000000}\r\n"),
+            "{:.100}",
+            texts[0]
+        );
+
+        // The session is still in step.
+        let (_, _, ok) = exchange(&mut r, "n", "NOOP").await;
+        assert!(ok.starts_with("n OK"), "{ok}");
+    }
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}

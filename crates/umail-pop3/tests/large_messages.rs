@@ -317,3 +317,108 @@ fn expected_form_follows_rfc_1939() {
         assert_eq!(message(size).len(), size);
     }
 }
+
+/// The crate's own client (collection and `umail import pop3`) against the
+/// server: `RETR` and `TOP` of every size on every transport give the
+/// RFC 1939 form of the stored message, and the size bound of `retr` is
+/// exact (the message fits a bound of its own length, not one less).
+#[tokio::test]
+async fn pop3_client_reads_every_size_on_every_transport() {
+    use umail_pop3::client::{
+        ClientError, ConnectOptions, LoginMethod, Pop3Client, Secret, Security,
+    };
+    let (f, messages) = fixture_with_every_size().await;
+    for security in [Security::None, Security::StartTls, Security::Implicit] {
+        let port = match security {
+            Security::Implicit => f.pop3s.port(),
+            _ => f.pop3.port(),
+        };
+        let options = ConnectOptions::new("localhost", port, security, Some(f.tls_connector()));
+        let mut c = Pop3Client::connect(&options).await.expect("connect");
+        c.login(ALICE, &Secret::new("secret"), LoginMethod::Password, true)
+            .await
+            .expect("login");
+        let listing = c.list().await.expect("LIST");
+        for (i, m) in messages.iter().enumerate() {
+            let n = i as u32 + 1;
+            let what = format!("{security:?} message {n} ({} bytes)", m.len());
+            assert_eq!(listing[i], (n, m.len() as u64), "{what}: LIST");
+            let want = expected(m, None);
+            let got = c.retr(n, want.len() as u64).await.expect("RETR");
+            assert!(got == want, "{what}: RETR differs");
+            for top in [0, TOP_LINES] {
+                let got = c.top(n, top as u64, u64::MAX).await.expect("TOP");
+                assert!(got == expected(m, Some(top)), "{what}: TOP {top} differs");
+            }
+        }
+        // One byte under the bound is refused (and ends the session).
+        let largest = messages.len() as u32;
+        let want = expected(&messages[messages.len() - 1], None).len() as u64;
+        let e = c.retr(largest, want - 1).await.unwrap_err();
+        assert!(
+            matches!(e, ClientError::TooLarge(b) if b == want - 1),
+            "{e:?}"
+        );
+    }
+}
+
+/// The client's line reader across its buffer boundaries: a peer sends
+/// the same responses in pieces of 1 byte up to 64 KiB, so CRLFs, stuffed
+/// dots and terminators are split at every place, and lines of exactly
+/// the client's longest line are accepted while one byte more is refused.
+#[tokio::test]
+async fn pop3_client_reassembles_responses_split_at_every_boundary() {
+    use std::time::Duration;
+
+    use umail_pop3::client::{ClientError, Pop3Client};
+    use umail_pop3::codec::MessageEncoder;
+
+    const MAX_LINE: usize = 4096;
+    // A message with lines of 0, 1, MAX_LINE - 1 and MAX_LINE bytes, dot
+    // starts, a lone dot and a last line without a line end.
+    let mut m = b"Subject: split\r\n\r\n\r\n.\r\n..\r\n.x\r\n".to_vec();
+    for len in [1, 1023, 1024, 1025, MAX_LINE - 1, MAX_LINE] {
+        m.extend(std::iter::repeat_n(b'a', len));
+        m.extend_from_slice(b"\r\n");
+    }
+    m.extend_from_slice(&message(300 * KIB)[..]);
+    let long_line = vec![b'b'; MAX_LINE + 1];
+    let mut script = b"+OK ready\r\n".to_vec();
+    script.extend_from_slice(format!("+OK {} octets\r\n", m.len()).as_bytes());
+    script.extend(MessageEncoder::retr(bytes::Bytes::from(m.clone())).to_vec());
+    script.extend_from_slice(b"+OK\r\n");
+    script.extend_from_slice(&long_line);
+    script.extend_from_slice(b"\r\n.\r\n");
+    for piece in [1, 2, 3, 1023, 1024, 1025, 4095, 4096, 4097, 64 * KIB] {
+        let (client_end, mut peer) = tokio::io::duplex(piece.max(64));
+        let script = script.clone();
+        let peer_task = tokio::spawn(async move {
+            for chunk in script.chunks(piece) {
+                if peer.write_all(chunk).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            // Keep the pipe open until the client is done reading.
+            let mut sink = Vec::new();
+            let _ = peer.read_to_end(&mut sink).await;
+        });
+        let mut c = Pop3Client::over(
+            Box::new(client_end),
+            Duration::from_secs(30),
+            MAX_LINE,
+            false,
+        )
+        .await
+        .expect("greeting");
+        let got = c.retr(1, u64::MAX).await.expect("RETR");
+        assert!(got == expected(&m, None), "piece {piece}: RETR differs");
+        let e = c.retr(2, u64::MAX).await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Protocol(t) if t == "line too long"),
+            "piece {piece}: {e:?}"
+        );
+        drop(c);
+        peer_task.await.unwrap();
+    }
+}

@@ -1,7 +1,8 @@
 //! The SMTP client against scripted peers on loopback: HELO fallback,
 //! PIPELINING with per-recipient replies, CHUNKING, STARTTLS (required,
-//! verified, refused), AUTH PLAIN, SMTPUTF8 refusal (5.6.7), SIZE, and
-//! the timeouts of a slow peer.
+//! verified, refused), AUTH PLAIN, SMTPUTF8 refusal (5.6.7), SIZE, the
+//! timeouts of a slow peer, and multi-MiB messages received byte for byte
+//! over DATA and BDAT.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -377,6 +378,175 @@ async fn slow_peer_times_out() {
     match c.send(&env, &[&env.recipients[0]], MSG).await {
         Err(ClientError::Timeout("end of data")) => {}
         other => panic!("{other:?}"),
+    }
+}
+
+/// A peer that keeps the exact bytes of every message it receives: DATA
+/// with the RFC 5321 §4.5.2 transparency undone, or the BDAT chunks
+/// (RFC 3030) as they came. It offers CHUNKING and STARTTLS as asked.
+async fn exact_peer(
+    chunking: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut r: BufReader<Box<dyn Io>> = BufReader::new(Box::new(sock));
+        r.get_mut().write_all(b"220 exact ESMTP\r\n").await.unwrap();
+        let mut tls_done = false;
+        let mut chunks = Vec::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if r.read_until(b'\n', &mut line).await.unwrap() == 0 {
+                return;
+            }
+            let up = String::from_utf8_lossy(&line).to_ascii_uppercase();
+            let reply: &[u8] = if up.starts_with("EHLO") {
+                let mut s = String::from("250-exact\r\n250-PIPELINING\r\n250-8BITMIME\r\n");
+                if chunking {
+                    s.push_str("250-CHUNKING\r\n");
+                }
+                if tls.is_some() && !tls_done {
+                    s.push_str("250-STARTTLS\r\n");
+                }
+                s.push_str("250 HELP\r\n");
+                r.get_mut().write_all(s.as_bytes()).await.unwrap();
+                continue;
+            } else if up.starts_with("STARTTLS") {
+                r.get_mut().write_all(b"220 2.0.0 go\r\n").await.unwrap();
+                let stream = r.into_inner();
+                let secured = tls.clone().unwrap().accept(stream).await.unwrap();
+                r = BufReader::new(Box::new(secured));
+                tls_done = true;
+                continue;
+            } else if up.starts_with("DATA") {
+                r.get_mut().write_all(b"354 go\r\n").await.unwrap();
+                let mut message = Vec::new();
+                loop {
+                    line.clear();
+                    assert!(r.read_until(b'\n', &mut line).await.unwrap() > 0);
+                    if line == b".\r\n" {
+                        break;
+                    }
+                    let unstuffed = if line.starts_with(b".") {
+                        &line[1..]
+                    } else {
+                        &line[..]
+                    };
+                    message.extend_from_slice(unstuffed);
+                }
+                tx.send(message).unwrap();
+                b"250 2.0.0 data ok\r\n"
+            } else if up.starts_with("BDAT") {
+                let mut words = up.split_whitespace().skip(1);
+                let n: usize = words.next().unwrap().parse().unwrap();
+                let mut chunk = vec![0u8; n];
+                r.read_exact(&mut chunk).await.unwrap();
+                chunks.extend_from_slice(&chunk);
+                if words.next() == Some("LAST") {
+                    tx.send(std::mem::take(&mut chunks)).unwrap();
+                }
+                b"250 2.0.0 chunk ok\r\n"
+            } else if up.starts_with("QUIT") {
+                r.get_mut().write_all(b"221 bye\r\n").await.unwrap();
+                return;
+            } else {
+                b"250 ok\r\n"
+            };
+            r.get_mut().write_all(reply).await.unwrap();
+        }
+    });
+    (addr, rx)
+}
+
+/// A message of `size` bytes: base64-like runs (an attachment), 8-bit
+/// text, lines starting with `.` and `..`, lone `.` lines (every 997
+/// lines, and at the start), and a CRLF at the end when `crlf_end`.
+fn big_message(size: usize, crlf_end: bool) -> Vec<u8> {
+    let mut out = b"Subject: big\r\n\r\n.\r\n..\r\n.x\r\n".to_vec();
+    let mut n = 0u64;
+    while out.len() < size {
+        n += 1;
+        match n % 997 {
+            0 => out.extend_from_slice(b".\r\n"),
+            1 => out.extend_from_slice(".ligne accentu\u{e9}e \u{4e2d}\u{6587}\r\n".as_bytes()),
+            _ => {
+                let c = b'A' + (n % 26) as u8;
+                out.extend(std::iter::repeat_n(c, 76));
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    // The last line is cut short and padded, never left with half a CRLF.
+    let text_end = if crlf_end { size - 2 } else { size };
+    out.truncate(text_end);
+    while matches!(out.last(), Some(b'\r' | b'\n')) {
+        out.pop();
+    }
+    out.resize(text_end, b'z');
+    if crlf_end {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Messages larger than the client's 64 KiB write pieces and the peer's
+/// reads reach the peer byte for byte over DATA and BDAT, in plain text
+/// and after STARTTLS, several on one connection.
+#[tokio::test]
+async fn multi_mib_messages_arrive_byte_exact_over_data_and_bdat() {
+    const KIB: usize = 1024;
+    let messages: Vec<Vec<u8>> = [64 * KIB - 1, 64 * KIB, 64 * KIB + 1, 3 * 1024 * KIB + 7]
+        .into_iter()
+        .map(|size| big_message(size, true))
+        .chain([big_message(1024 * KIB, false)])
+        .collect();
+    for m in &messages {
+        assert_eq!(m.ends_with(b"\r\n"), m.len() != 1024 * KIB);
+        assert!(
+            !m.windows(2).any(|w| (w[0] == b'\r') != (w[1] == b'\n')),
+            "bare CR or LF"
+        );
+    }
+    for chunking in [false, true] {
+        for tls in [None, Some(acceptor())] {
+            let what = format!("chunking {chunking}, tls {}", tls.is_some());
+            let with_tls = tls.is_some();
+            let (addr, mut received) = exact_peer(chunking, tls).await;
+            let mut c = SmtpConnection::connect(addr, settings(TlsPolicy::Opportunistic))
+                .await
+                .unwrap();
+            assert_eq!(c.is_tls(), with_tls, "{what}");
+            let env = envelope(&["ok@x.test"]);
+            for m in &messages {
+                let out = c.send(&env, &[&env.recipients[0]], m).await.unwrap();
+                assert!(
+                    matches!(&out[0], RcptOutcome::Delivered(_)),
+                    "{what}: {out:?}"
+                );
+                let got = received.recv().await.unwrap();
+                // The client completes a last line without CRLF (RFC 5321
+                // §4.1.1.4); nothing else changes.
+                let mut want = m.clone();
+                if !want.ends_with(b"\r\n") {
+                    want.extend_from_slice(b"\r\n");
+                }
+                assert!(
+                    got == want,
+                    "{what}: {} bytes sent, {} received, first difference at {:?}",
+                    want.len(),
+                    got.len(),
+                    got.iter().zip(&want).position(|(a, b)| a != b)
+                );
+            }
+            c.quit().await;
+        }
     }
 }
 

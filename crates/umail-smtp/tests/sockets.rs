@@ -1,7 +1,8 @@
 //! Socket-level tests: `SmtpServer` on 127.0.0.1:0 with a self-signed
 //! certificate over the in-memory services, driven by Python's smtplib and
 //! by lettre. Delivered messages are read back from the store and compared
-//! byte for byte.
+//! byte for byte, including a multi-MiB message from umail's own client
+//! and pipelined batches several times the read buffer.
 
 mod common;
 
@@ -382,4 +383,114 @@ async fn graceful_shutdown_and_idle_timeout_over_tcp() {
         "{out}"
     );
     assert_eq!(w.inbox("alice@example.com").await.len(), 1);
+}
+
+/// umail's own SMTP client (the queue runner's) hands a multi-MiB message
+/// to the real server over STARTTLS and BDAT, and the store holds it byte
+/// for byte after the trace fields (issue 20's audit: no status line or
+/// reply can overtake the message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_client_delivers_a_multi_mib_message_byte_exact() {
+    use umail_smtp::client::{ClientSettings, RcptOutcome, SmtpConnection, Timeouts, TlsPolicy};
+    let r = start(SmtpConfig::default()).await;
+    let mut message =
+        b"From: someone@remote.example\r\nTo: bob@example.com\r\nSubject: big\r\n\r\n".to_vec();
+    let mut n = 0u32;
+    while message.len() < 12 * 1024 * 1024 {
+        n += 1;
+        match n % 1000 {
+            0 => message.extend_from_slice(b".\r\n"),
+            1 => message.extend_from_slice(b"..two dots\r\n"),
+            _ => {
+                message.extend(std::iter::repeat_n(b'A' + (n % 26) as u8, 76));
+                message.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    let settings = ClientSettings {
+        hello_name: "client.test".into(),
+        server_name: "localhost".into(),
+        tls: TlsPolicy::Required,
+        verify_certificate: false,
+        auth: None,
+        timeouts: Timeouts::uniform(std::time::Duration::from_secs(60)),
+    };
+    let mut c = SmtpConnection::connect(r.mx, settings)
+        .await
+        .expect("connect");
+    assert!(c.is_tls() && c.capabilities().chunking);
+    let mut envelope = umail_core::Envelope::new(umail_core::ReversePath::Address(addr(
+        "someone@remote.example",
+    )));
+    envelope
+        .recipients
+        .push(umail_core::Recipient::new(addr("bob@example.com")));
+    let out = c
+        .send(&envelope, &[&envelope.recipients[0]], &message)
+        .await
+        .expect("send");
+    assert!(matches!(&out[0], RcptOutcome::Delivered(_)), "{out:?}");
+    c.quit().await;
+    let bob = r.world.inbox("bob@example.com").await;
+    assert_eq!(bob.len(), 1);
+    let stored = &bob[0];
+    assert!(
+        stored.ends_with(&message),
+        "stored {} bytes do not end with the {} sent",
+        stored.len(),
+        message.len()
+    );
+    let trace = String::from_utf8_lossy(&stored[..stored.len() - message.len()]);
+    assert!(
+        trace.starts_with("Return-Path: <someone@remote.example>\r\nReceived: from "),
+        "{trace}"
+    );
+}
+
+/// Replies to a pipelined batch several times larger than the server's
+/// read buffer (16 KiB) come back complete and in order (RFC 2920 §3.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_replies_beyond_the_read_buffer_come_back_in_order() {
+    let r = start(SmtpConfig::default()).await;
+    let mut c = tokio::net::TcpStream::connect(r.mx).await.expect("connect");
+    let mut batch = b"EHLO c\r\nMAIL FROM:<a@remote.example>\r\n".to_vec();
+    // max_recipients is 100: the rest get 452 (RFC 5321 §4.5.3.1.10).
+    for _ in 0..150 {
+        batch.extend_from_slice(b"RCPT TO:<bob@example.com>\r\n");
+    }
+    batch.extend_from_slice(b"RSET\r\n");
+    for _ in 0..10_000 {
+        batch.extend_from_slice(b"NOOP\r\n");
+    }
+    batch.extend_from_slice(b"QUIT\r\n");
+    assert!(batch.len() > 3 * 16 * 1024);
+    let (mut read, mut write) = c.split();
+    let (_, replies) = tokio::join!(
+        async { write.write_all(&batch).await.expect("write") },
+        async {
+            let mut out = Vec::new();
+            read.read_to_end(&mut out).await.expect("read");
+            out
+        }
+    );
+    let replies = String::from_utf8(replies).expect("ASCII replies");
+    assert!(
+        replies.len() > 10_000 * 8,
+        "{} bytes of replies",
+        replies.len()
+    );
+    // The last line of each reply: its code tells which command it answers.
+    let codes: Vec<&str> = replies
+        .split("\r\n")
+        .filter(|l| l.len() >= 4 && l.as_bytes()[3] == b' ')
+        .map(|l| &l[..3])
+        .collect();
+    let mut want = vec!["220", "250", "250"];
+    want.extend(std::iter::repeat_n("250", 100));
+    want.extend(std::iter::repeat_n("452", 50));
+    want.push("250");
+    want.extend(std::iter::repeat_n("250", 10_000));
+    want.push("221");
+    assert_eq!(codes.len(), want.len(), "{replies:.2000}");
+    assert!(codes == want, "replies out of order");
 }

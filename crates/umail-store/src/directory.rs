@@ -1499,8 +1499,12 @@ impl Store {
                 address: address.clone(),
                 targets: Vec::new(),
             });
+            // A set, not a scan per target: an alias of 20,000 targets
+            // took minutes.
+            let mut present: std::collections::HashSet<String> =
+                rec.targets.iter().map(Address::lookup_key).collect();
             for t in &targets {
-                if !rec.targets.iter().any(|x| x.lookup_key() == t.lookup_key()) {
+                if present.insert(t.lookup_key()) {
                     rec.targets.push(t.clone());
                 }
             }
