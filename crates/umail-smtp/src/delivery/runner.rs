@@ -10,24 +10,26 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 use umail_core::config::{DeliveryConfig, DeliveryMode};
+use umail_core::ingest::Ingest;
 use umail_core::store::INBOX;
 use umail_core::{
     AttemptLog, DeliveryTarget, EnqueueOptions, Envelope, Flags, QueueEntry, QueueState, Recipient,
     RecipientStatus, Resolution, ReversePath, Services, Shutdown,
 };
-use umail_smtp::client::{ClientError, ClientSettings, RcptOutcome, SmtpConnection, Timeouts};
-use umail_smtp::dkim::DkimKey;
-use umail_smtp::dsn::{DsnAction, DsnInput, DsnRecipient};
-use umail_smtp::routing::{Hop, RouteError, Router};
-use umail_store::Store;
+
+use crate::client::{ClientError, ClientSettings, RcptOutcome, SmtpConnection, Timeouts};
+use crate::dkim::{DkimKey, DkimKeySource};
+use crate::dsn::{DsnAction, DsnInput, DsnRecipient};
+use crate::routing::{Hop, RouteError, Router};
 
 /// The queue is polled at least this often (new, flushed and released
-/// entries wake the runner at once through `QueueStore::wait_for_work`).
+/// entries wake the runner at once through
+/// [`QueueStore::wait_for_work`](umail_core::QueueStore::wait_for_work)).
 pub const POLL: Duration = Duration::from_millis(500);
 /// Most due entries one scheduling pass reads when it looks past busy
 /// destinations for work.
 pub const MAX_SCHEDULING_WINDOW: usize = 4096;
-/// DKIM keys are re-read from the store at most this often.
+/// DKIM keys are re-read from their [`DkimKeySource`] at most this often.
 pub const DKIM_CACHE: Duration = Duration::from_secs(1);
 /// Attempt-log lines that marked sent DSNs before `QueueEntry::reported`
 /// and `delay_reported` existed; still honoured for entries queued then.
@@ -45,9 +47,9 @@ fn delay_reported(entry: &QueueEntry) -> bool {
 }
 
 /// The shared state of the runner.
-pub struct Runner {
+pub(crate) struct Runner {
     services: Services,
-    store: Store,
+    dkim_keys: Option<Arc<dyn DkimKeySource>>,
     router: Router,
     cfg: DeliveryConfig,
     timeouts: Timeouts,
@@ -110,13 +112,18 @@ enum Outcome {
 }
 
 impl Runner {
-    /// A runner over the services with the given routing.
-    pub fn new(services: Services, store: Store, router: Router, cfg: DeliveryConfig) -> Runner {
+    /// A runner over the pipeline's services with the given routing.
+    pub(crate) fn new(
+        ingest: Ingest,
+        router: Router,
+        cfg: DeliveryConfig,
+        dkim_keys: Option<Arc<dyn DkimKeySource>>,
+    ) -> Runner {
         Runner {
             timeouts: Timeouts::from(&cfg.timeouts),
             global: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
-            services,
-            store,
+            services: ingest.services().clone(),
+            dkim_keys,
             router,
             cfg,
             per_host: Mutex::new(HashMap::new()),
@@ -129,7 +136,7 @@ impl Runner {
     }
 
     /// Runs until shutdown.
-    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+    pub(crate) async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
         loop {
             if shutdown.is_triggered() {
                 break;
@@ -215,30 +222,30 @@ impl Runner {
 
     async fn reload_dkim(&self) {
         let mut map = HashMap::new();
-        if let Ok(keys) = self.store.dkim_keys().await {
-            for k in keys {
-                map.insert(
-                    k.domain.to_ascii_lowercase(),
-                    DkimKey {
-                        domain: k.domain,
-                        selector: k.selector,
-                        private_key: k.private_key,
-                    },
-                );
+        if let Some(source) = &self.dkim_keys {
+            match source.signing_keys().await {
+                Ok(keys) => {
+                    for k in keys {
+                        map.insert(k.domain.to_ascii_lowercase(), k);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: "queue", error = %e, "cannot read DKIM keys; sending unsigned");
+                }
             }
         }
         *lock(&self.dkim) = (Instant::now(), map);
     }
 
     fn sign(&self, envelope: &Envelope, message: &[u8]) -> Option<Vec<u8>> {
-        let from_domain = umail_smtp::dkim::signing_domain(message).or_else(|| {
+        let from_domain = crate::dkim::signing_domain(message).or_else(|| {
             envelope
                 .reverse_path
                 .address()
                 .map(|a| a.domain().as_str().to_ascii_lowercase())
         })?;
         let key = lock(&self.dkim).1.get(&from_domain).cloned()?;
-        match umail_smtp::dkim::sign(&key, message) {
+        match crate::dkim::sign(&key, message) {
             Ok(mut h) => {
                 h.extend_from_slice(message);
                 Some(h)
@@ -518,7 +525,7 @@ impl Runner {
             tracing::info!(target: "queue", id = %entry.id, "no DSN for a null reverse path");
             return;
         };
-        let dsn = umail_smtp::dsn::build(&DsnInput {
+        let dsn = crate::dsn::build(&DsnInput {
             reporting_mta: &self.services.hostname,
             to,
             envid: entry.envelope.envid.as_deref(),
@@ -559,7 +566,7 @@ impl Runner {
     ) -> Vec<Outcome> {
         let s = &self.services;
         let mut out = Vec::new();
-        let mut bytes = umail_smtp::message::return_path(&entry.envelope.reverse_path);
+        let mut bytes = crate::message::return_path(&entry.envelope.reverse_path);
         bytes.extend_from_slice(message);
         let bytes = Bytes::from(bytes);
         for &i in idx {
@@ -889,28 +896,56 @@ fn dsn_rcpt(r: &Recipient, action: DsnAction, reply: &str, host: Option<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use umail_core::QueueStore;
-    use umail_core::config::{Config, DeliveryConfig};
+    use umail_core::config::{DeliveryConfig, SecurityConfig};
+    use umail_core::ingest::IngestSettings;
+    use umail_core::lockout::AuthLockout;
+    use umail_core::memory::{MemoryDirectory, MemoryMailStore, MemoryQueue};
+    use umail_core::{EnqueueOptions, FilterChain, Priority, QueueStore};
 
-    fn runner(store: &Store, cfg: DeliveryConfig) -> Runner {
-        let services = store.services("mx.example.com", &Default::default());
-        let config = Config {
-            delivery: cfg.clone(),
-            ..Default::default()
+    use crate::routing::{DnsError, DnsLookup};
+
+    /// Routing is never consulted by these tests (they drive `finish`).
+    struct NoDns;
+
+    #[async_trait::async_trait]
+    impl DnsLookup for NoDns {
+        async fn mx(&self, _: &str) -> Result<Vec<(u16, String)>, DnsError> {
+            Err(DnsError::Temporary("no DNS in unit tests".into()))
+        }
+        async fn ips(&self, _: &str) -> Result<Vec<std::net::IpAddr>, DnsError> {
+            Err(DnsError::Temporary("no DNS in unit tests".into()))
+        }
+    }
+
+    /// A runner over in-memory services with no local domain: every DSN
+    /// goes to the queue.
+    fn runner(queue: &Arc<MemoryQueue>, cfg: DeliveryConfig) -> Runner {
+        let services = Services {
+            directory: Arc::new(MemoryDirectory::new()),
+            store: Arc::new(MemoryMailStore::new()),
+            queue: queue.clone(),
+            filter: Arc::new(FilterChain::new()),
+            lockout: Arc::new(AuthLockout::new(&SecurityConfig::default())),
+            hostname: "mx.example.com".into(),
         };
-        let router = super::super::router(&config).expect("router");
-        Runner::new(services, store.clone(), router, cfg)
+        let router = Router::new(Vec::new(), None, Arc::new(NoDns));
+        Runner::new(
+            Ingest::new(services, IngestSettings::default()),
+            router,
+            cfg,
+            None,
+        )
     }
 
     /// A queued message from alice with a failed and a deferred recipient
-    /// and an attempt log longer than the store keeps.
-    async fn failed_and_deferred(store: &Store, created: i64) -> QueueEntry {
+    /// and a long attempt log.
+    async fn failed_and_deferred(queue: &MemoryQueue, created: i64) -> QueueEntry {
         let mut env = Envelope::new(ReversePath::Address("alice@example.com".parse().unwrap()));
         env.recipients
             .push(Recipient::new("bob@fail.test".parse().unwrap()));
         env.recipients
             .push(Recipient::new("carol@slow.test".parse().unwrap()));
-        let id = store
+        let id = queue
             .enqueue(
                 env,
                 Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n"),
@@ -918,14 +953,14 @@ mod tests {
             )
             .await
             .unwrap();
-        let mut e = store.get(id).await.unwrap().unwrap();
+        let mut e = queue.get(id).await.unwrap().unwrap();
         e.status[0] = RecipientStatus::Failed {
             reply: "550 5.1.1 no such user".into(),
         };
         e.status[1] = RecipientStatus::Deferred {
             reply: "451 4.3.0 later".into(),
         };
-        for n in 0..(umail_store::MAX_ATTEMPT_LOG + 5) {
+        for n in 0..100 {
             e.log.push(AttemptLog {
                 at: created + n as i64,
                 host: Some("mx.slow.test".into()),
@@ -935,59 +970,66 @@ mod tests {
         e
     }
 
-    async fn dsns(store: &Store) -> usize {
-        store
+    async fn dsns(queue: &MemoryQueue) -> Vec<QueueEntry> {
+        queue
             .list(None)
             .await
             .unwrap()
-            .iter()
+            .into_iter()
             .filter(|e| e.envelope.reverse_path == ReversePath::Null)
-            .count()
+            .collect()
     }
 
     #[tokio::test]
     async fn a_failure_is_reported_once_however_long_the_log_grows() {
-        let store = Store::open_in_memory().unwrap();
-        let r = runner(&store, DeliveryConfig::default());
+        let queue = Arc::new(MemoryQueue::new());
+        let r = runner(&queue, DeliveryConfig::default());
         let now = umail_core::unix_now();
-        let entry = failed_and_deferred(&store, now).await;
+        let mut entry = failed_and_deferred(&queue, now).await;
+        entry.priority = Priority::Low;
         let message = Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n");
         r.finish(entry.clone(), &message, &HashMap::new(), &HashSet::new())
             .await;
-        assert_eq!(dsns(&store).await, 1, "the failure is reported");
-        let stored = store.get(entry.id).await.unwrap().unwrap();
+        let sent = dsns(&queue).await;
+        assert_eq!(sent.len(), 1, "the failure is reported");
+        assert_eq!(
+            sent[0].priority,
+            Priority::Low,
+            "a bounce of bulk mail stays bulk"
+        );
+        let stored = queue.get(entry.id).await.unwrap().unwrap();
         assert_eq!(stored.reported, vec![0]);
-        assert_eq!(stored.log.len(), umail_store::MAX_ATTEMPT_LOG);
-        // Later passes (the deferred recipient is retried for days): the
-        // stored log no longer holds any DSN line, the failure stays reported.
+        // Later passes (the deferred recipient is retried for days): a
+        // store that bounds the attempt log has dropped every DSN line by
+        // then; the failure stays reported.
         let mut again = stored.clone();
         again.log = entry.log.clone();
         r.finish(again, &message, &HashMap::new(), &HashSet::new())
             .await;
-        assert_eq!(dsns(&store).await, 1, "no second failure DSN");
+        assert_eq!(dsns(&queue).await.len(), 1, "no second failure DSN");
     }
 
     #[tokio::test]
     async fn the_delay_notice_is_sent_once() {
-        let store = Store::open_in_memory().unwrap();
+        let queue = Arc::new(MemoryQueue::new());
         let cfg = DeliveryConfig {
             delay_notify_secs: 60,
             ..DeliveryConfig::default()
         };
-        let r = runner(&store, cfg);
+        let r = runner(&queue, cfg);
         let long_ago = umail_core::unix_now() - 3600;
-        let mut entry = failed_and_deferred(&store, long_ago).await;
+        let mut entry = failed_and_deferred(&queue, long_ago).await;
         entry.reported = vec![0];
         let message = Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n");
         r.finish(entry.clone(), &message, &HashMap::new(), &HashSet::new())
             .await;
-        assert_eq!(dsns(&store).await, 1, "the delay is reported");
-        let mut stored = store.get(entry.id).await.unwrap().unwrap();
+        assert_eq!(dsns(&queue).await.len(), 1, "the delay is reported");
+        let mut stored = queue.get(entry.id).await.unwrap().unwrap();
         assert!(stored.delay_reported);
         stored.log.clear();
         r.finish(stored, &message, &HashMap::new(), &HashSet::new())
             .await;
-        assert_eq!(dsns(&store).await, 1, "no second delay DSN");
+        assert_eq!(dsns(&queue).await.len(), 1, "no second delay DSN");
     }
 
     #[test]
