@@ -6,8 +6,12 @@
 //! queue, directory and store work with it. Per entry, the recipients still
 //! to deliver are grouped by domain:
 //!
-//! * **Local domains** are stored with `MailStore::deliver`, with
-//!   `Return-Path` added.
+//! * **Local domains** go through the ingest pipeline
+//!   ([`Ingest::ingest`] with [`Source::QueueRetry`](umail_core::Source)):
+//!   the delivery stage of the filter chain decides for each copy, and the
+//!   pipeline's [`RecipientOutcome`](umail_core::RecipientOutcome) becomes
+//!   the recipient's status (stored → delivered, deferred → deferred with
+//!   the reply, refused → failed with the reply).
 //! * **Every other domain** gets one SMTP transaction for all its
 //!   recipients, over the hosts [`Router`] names, DKIM-signed with the key
 //!   a [`DkimKeySource`] holds for the `From:` domain.
@@ -15,7 +19,10 @@
 //! After each group the entry is written back, so a crash repeats at most
 //! the transaction in flight. Retries follow `retry_intervals_secs`; after
 //! `max_queue_age_secs` the rest fail with `5.4.7`. DSNs (RFC 3464: failed,
-//! delayed, delivered/relayed per RFC 3461 NOTIFY) are queued.
+//! delayed, delivered/relayed per RFC 3461 NOTIFY) are system mail: they
+//! enter through [`Ingest::ingest`] with [`Source::System`](umail_core::Source),
+//! so they meet the filter chain, a local sender gets one at once and a
+//! remote one is queued by the pipeline.
 //!
 //! ```no_run
 //! # async fn start(services: umail_core::Services, config: umail_core::config::Config) {

@@ -1,6 +1,6 @@
 //! The queue runner: picks due entries, delivers local recipients through
-//! the store and remote ones over SMTP, records every attempt durably,
-//! retries on schedule and sends DSNs.
+//! the ingest pipeline and remote ones over SMTP, records every attempt
+//! durably, retries on schedule and sends DSNs through the pipeline.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 use umail_core::config::{DeliveryConfig, DeliveryMode};
-use umail_core::ingest::Ingest;
+use umail_core::ingest::{Incoming, Ingest, RecipientOutcome, Source};
 use umail_core::store::INBOX;
 use umail_core::{
-    AttemptLog, DeliveryTarget, EnqueueOptions, Envelope, Flags, QueueEntry, QueueState, Recipient,
-    RecipientStatus, Resolution, ReversePath, Services, Shutdown,
+    AttemptLog, Envelope, QueueEntry, QueueState, Recipient, RecipientStatus, Reply, Resolution,
+    ReversePath, Services, Shutdown,
 };
 
 use crate::client::{ClientError, ClientSettings, RcptOutcome, SmtpConnection, Timeouts};
@@ -49,6 +49,8 @@ fn delay_reported(entry: &QueueEntry) -> bool {
 /// The shared state of the runner.
 pub(crate) struct Runner {
     services: Services,
+    /// Local deliveries and DSNs go through it.
+    ingest: Ingest,
     dkim_keys: Option<Arc<dyn DkimKeySource>>,
     router: Router,
     cfg: DeliveryConfig,
@@ -123,6 +125,7 @@ impl Runner {
             timeouts: Timeouts::from(&cfg.timeouts),
             global: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
             services: ingest.services().clone(),
+            ingest,
             dkim_keys,
             router,
             cfg,
@@ -537,69 +540,80 @@ impl Runner {
         let mut env = Envelope::new(ReversePath::Null);
         env.recipients.push(Recipient::new(to.clone()));
         env.smtputf8 = to.needs_smtputf8();
-        match self
-            .services
-            .queue
-            .enqueue_with(
-                env,
-                Bytes::from(dsn),
-                umail_core::unix_now(),
-                // A bounce of bulk mail stays bulk.
-                &EnqueueOptions::with_priority(entry.priority),
-            )
-            .await
-        {
-            Ok(id) => {
-                tracing::info!(target: "queue", id = %entry.id, dsn = %id, to = %to, "DSN queued")
+        // System mail: through the pipeline like every other message (a
+        // local sender gets it at once, a remote one is queued).
+        let mut dsn = Incoming::new(Source::System, env, dsn);
+        // A bounce of bulk mail stays bulk.
+        dsn.priority = Some(entry.priority);
+        let report = self.ingest.ingest(dsn).await;
+        match report.reason().filter(|_| !report.accepted()) {
+            None => {
+                tracing::info!(target: "queue", id = %entry.id, dsn = %report.id, to = %to, "DSN sent")
             }
-            Err(e) => {
-                tracing::warn!(target: "queue", id = %entry.id, error = %e, "cannot queue DSN")
+            Some(reply) => {
+                tracing::warn!(target: "queue", id = %entry.id, dsn = %report.id, to = %to, reply = %reply, "DSN not accepted")
             }
         }
     }
 
+    /// Delivers the local recipients `idx` of `entry` through the ingest
+    /// pipeline as a queued copy: the delivery stage of the filter chain
+    /// decides, the pipeline commits, and each recipient's result becomes
+    /// its outcome here.
     async fn deliver_local(
         &self,
         entry: &QueueEntry,
         idx: &[usize],
         message: &Bytes,
     ) -> Vec<Outcome> {
-        let s = &self.services;
-        let mut out = Vec::new();
-        let mut bytes = crate::message::return_path(&entry.envelope.reverse_path);
-        bytes.extend_from_slice(message);
-        let bytes = Bytes::from(bytes);
+        let mut envelope = entry.envelope.clone();
+        envelope.recipients = idx
+            .iter()
+            .map(|&i| entry.envelope.recipients[i].clone())
+            .collect();
+        let mut incoming = Incoming::new(Source::QueueRetry, envelope, message.to_vec());
+        incoming.priority = Some(entry.priority);
+        incoming.id = Some(entry.id);
+        let report = self.ingest.ingest(incoming).await;
+        if let Some(reply) = &report.refusal {
+            let o = refused_outcome(reply);
+            return idx.iter().map(|_| clone_outcome(&o)).collect();
+        }
+        let mut out = Vec::with_capacity(idx.len());
         for &i in idx {
-            let r = &entry.envelope.recipients[i];
-            let o = match s.directory.resolve(&r.address).await {
-                Ok(Resolution::Local(p)) => {
-                    let t = DeliveryTarget {
-                        account: p.account(),
-                        mailbox: INBOX.to_string(),
-                        flags: Flags::new(),
-                    };
-                    match s
-                        .store
-                        .deliver(bytes.clone(), umail_core::unix_now(), &[t])
-                        .await
-                    {
-                        Ok(mut results) => match results.pop() {
-                            Some(Ok(_)) => Outcome::Delivered("250 local delivery".into()),
-                            Some(Err(e)) => Outcome::Deferred(format!("452 4.2.2 {e}")),
-                            None => Outcome::Deferred("451 4.3.0 no result".into()),
-                        },
-                        Err(e) => Outcome::Deferred(format!("451 4.3.0 {e}")),
-                    }
+            let address = &entry.envelope.recipients[i].address;
+            // The pipeline reports a local copy under the account's primary
+            // address, which may differ from the queued one (case, domain
+            // alias): ask the directory when the address alone does not match.
+            let mut found = report
+                .recipients
+                .iter()
+                .find(|r| r.recipient.lookup_key() == address.lookup_key());
+            if found.is_none()
+                && let Ok(Resolution::Local(p)) = self.services.directory.resolve(address).await
+            {
+                found = report
+                    .recipients
+                    .iter()
+                    .find(|r| r.recipient.lookup_key() == p.address.lookup_key());
+            }
+            out.push(match found.map(|r| &r.outcome) {
+                Some(RecipientOutcome::Stored { mailbox }) if mailbox == INBOX => {
+                    Outcome::Delivered("250 local delivery".into())
                 }
-                Ok(Resolution::Unknown) | Ok(Resolution::NotLocal) => {
-                    Outcome::Failed("550 5.1.1 no such user here".into())
+                Some(RecipientOutcome::Stored { mailbox }) => {
+                    Outcome::Delivered(format!("250 local delivery into {mailbox}"))
                 }
-                Ok(other) => Outcome::Failed(format!(
-                    "550 5.1.1 recipient not deliverable from the queue ({other:?})"
-                )),
-                Err(e) => Outcome::Deferred(format!("451 4.3.0 {e}")),
-            };
-            out.push(o);
+                Some(RecipientOutcome::Discarded) => {
+                    Outcome::Delivered("250 2.0.0 discarded by policy".into())
+                }
+                Some(RecipientOutcome::Queued | RecipientOutcome::Held) => {
+                    Outcome::Delivered(format!("250 2.0.0 queued again as {}", report.id))
+                }
+                Some(RecipientOutcome::Deferred(reply)) => Outcome::Deferred(reply_line(reply)),
+                Some(RecipientOutcome::Refused(reply)) => refused_outcome(reply),
+                None => Outcome::Deferred("451 4.3.0 no local delivery result".into()),
+            });
         }
         out
     }
@@ -815,6 +829,22 @@ impl Runner {
             }
         }
         (outcomes, last_host)
+    }
+}
+
+/// A reply on one line, as the entry's status and the DSN keep it.
+fn reply_line(reply: &Reply) -> String {
+    let mut line = reply.to_string().replace(['\r', '\n'], " ");
+    line.retain(|c| !c.is_control());
+    line
+}
+
+/// A refusal from the pipeline: temporary ones are tried again.
+fn refused_outcome(reply: &Reply) -> Outcome {
+    if reply.is_temporary() {
+        Outcome::Deferred(reply_line(reply))
+    } else {
+        Outcome::Failed(reply_line(reply))
     }
 }
 
