@@ -1,5 +1,6 @@
-//! DKIM signing of outbound mail (RFC 6376) with mail-auth, and key
-//! generation for `umail domain dkim generate`.
+//! DKIM signing of outbound mail (RFC 6376) with mail-auth, key
+//! generation for `umail domain dkim generate`, and [`DkimKeySource`]: where
+//! the queue runner reads the keys.
 
 use mail_auth::common::crypto::{RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
@@ -38,6 +39,33 @@ pub struct DkimKey {
 #[derive(Debug, thiserror::Error)]
 #[error("DKIM: {0}")]
 pub struct DkimError(String);
+
+impl DkimError {
+    /// An error with this description (for [`DkimKeySource`]
+    /// implementations whose own errors are of another type).
+    pub fn new(description: impl Into<String>) -> DkimError {
+        DkimError(description.into())
+    }
+}
+
+/// Where the queue runner finds the signing keys: umail's store, an
+/// integrator's key service, or a fixed list (`Vec<DkimKey>`).
+///
+/// The runner re-reads the keys at most once every
+/// [`DKIM_CACHE`](crate::delivery::DKIM_CACHE); a domain without a key is
+/// sent unsigned, and so is everything while the source fails.
+#[async_trait::async_trait]
+pub trait DkimKeySource: Send + Sync {
+    /// Every domain's signing key, at most one per domain.
+    async fn signing_keys(&self) -> Result<Vec<DkimKey>, DkimError>;
+}
+
+#[async_trait::async_trait]
+impl DkimKeySource for Vec<DkimKey> {
+    async fn signing_keys(&self) -> Result<Vec<DkimKey>, DkimError> {
+        Ok(self.clone())
+    }
+}
 
 /// A fresh RSA-2048 key: the private key (PKCS#1 DER) and the DNS TXT
 /// record value to publish at `selector._domainkey.domain`.

@@ -19,7 +19,12 @@
 //!   helpers, tokio driver [`client::SmtpConnection`]).
 //! * [`routing`]: static routes, smart host and MX resolution.
 //! * [`dsn`]: RFC 3464 delivery status notifications.
-//! * [`dkim`]: DKIM key generation and signing.
+//! * [`dkim`]: DKIM key generation and signing, and where the runner
+//!   finds the keys ([`dkim::DkimKeySource`]).
+//! * [`delivery`]: the queue runner, [`delivery::QueueRunner`]: takes due
+//!   entries from any [`umail_core::QueueStore`], delivers local copies
+//!   through the ingest pipeline and the rest over SMTP, retries on
+//!   schedule and sends DSNs.
 //!
 //! See the crate README for RFC coverage, configuration keys and the
 //! per-recipient failure policy.
@@ -28,6 +33,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod delivery;
 pub mod dkim;
 pub mod dsn;
 pub mod message;

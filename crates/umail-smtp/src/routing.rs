@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver, TokioResolver};
-use umail_core::config::{DnsConfig, RouteConfig};
+use umail_core::config::{DeliveryConfig, DnsConfig, RouteConfig};
 
 use crate::client::TlsPolicy;
 
@@ -274,7 +274,35 @@ fn split_host_port(s: &str, default: u16) -> (String, u16) {
     }
 }
 
+/// A routing configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterConfigError {
+    /// The resolver could not be set up from `[dns]`.
+    #[error("DNS resolver: {0}")]
+    Dns(DnsError),
+    /// `[delivery] relay` is not a valid smart host URL.
+    #[error("{0}")]
+    SmartHost(String),
+}
+
 impl Router {
+    /// The router `[delivery]` and `[dns]` describe: static routes, the
+    /// smart host (`relay`), the MX port, and [`HickoryDns`] over the
+    /// configured nameservers.
+    pub fn from_config(
+        delivery: &DeliveryConfig,
+        dns: &DnsConfig,
+    ) -> Result<Router, RouterConfigError> {
+        let resolver = HickoryDns::new(dns).map_err(RouterConfigError::Dns)?;
+        let smart = match &delivery.relay {
+            Some(url) => Some(SmartHost::parse(url).map_err(RouterConfigError::SmartHost)?),
+            None => None,
+        };
+        let mut router = Router::new(delivery.route.clone(), smart, Arc::new(resolver));
+        router.mx_port = delivery.mx_port;
+        Ok(router)
+    }
+
     /// A router with static routes, an optional smart host and a resolver.
     pub fn new(
         routes: Vec<RouteConfig>,

@@ -107,19 +107,13 @@ pub async fn bench(args: DeliveryBenchArgs) -> Result<()> {
     };
     let services = store.services("bench.example", &Default::default());
     let config = umail_core::config::Config {
-        delivery: cfg.clone(),
+        delivery: cfg,
         ..Default::default()
     };
-    let router = super::router(&config)?;
-    let runner = Arc::new(super::runner::Runner::new(
-        services,
-        store.clone(),
-        router,
-        cfg,
-    ));
+    let runner = super::runner(&config, store.clone(), services)?;
     let (trigger, shutdown) = shutdown_channel();
     let start = Instant::now();
-    let task = tokio::spawn(runner.run(shutdown));
+    let task = runner.spawn(shutdown);
     let deadline = start + Duration::from_secs(600);
     while count.load(Ordering::Relaxed) < args.messages && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

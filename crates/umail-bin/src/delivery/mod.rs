@@ -1,8 +1,8 @@
-//! Outbound delivery in the binary: the queue runner, `umail queue ...`,
-//! `umail domain dkim ...` and `umail bench delivery`.
+//! Outbound delivery in the binary: `umail queue ...`, `umail domain dkim
+//! ...` and `umail bench delivery`, and starting the library's queue runner
+//! (`umail_smtp::delivery::QueueRunner`) over the store.
 
 mod bench;
-pub mod runner;
 
 use std::sync::Arc;
 
@@ -11,7 +11,8 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use umail_core::config::Config;
 use umail_core::{Priority, QueueEntry, QueueId, QueueState, RecipientStatus, Services, Shutdown};
-use umail_smtp::routing::{HickoryDns, Router, SmartHost};
+use umail_smtp::delivery::QueueRunner;
+use umail_smtp::dkim::{DkimError, DkimKey, DkimKeySource};
 use umail_store::Store;
 use umail_store::dkim::DkimKeyRecord;
 
@@ -533,34 +534,42 @@ fn dkim_output(domain: &str, selector: &str, txt: &str) -> Output {
     }
 }
 
-/// Builds the router for a configuration.
-pub fn router(config: &Config) -> Result<Router> {
-    let dns = HickoryDns::new(&config.dns).map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
-    let smart = match &config.delivery.relay {
-        Some(url) => Some(SmartHost::parse(url).map_err(|e| anyhow::anyhow!(e))?),
-        None => None,
-    };
-    let mut router = Router::new(config.delivery.route.clone(), smart, Arc::new(dns));
-    router.mx_port = config.delivery.mx_port;
-    Ok(router)
+/// The store's DKIM keys (`umail domain dkim generate`) for the runner.
+struct StoreDkimKeys(Store);
+
+#[async_trait::async_trait]
+impl DkimKeySource for StoreDkimKeys {
+    async fn signing_keys(&self) -> Result<Vec<DkimKey>, DkimError> {
+        let records = self
+            .0
+            .dkim_keys()
+            .await
+            .map_err(|e| DkimError::new(e.to_string()))?;
+        Ok(records
+            .into_iter()
+            .map(|k| DkimKey {
+                domain: k.domain,
+                selector: k.selector,
+                private_key: k.private_key,
+            })
+            .collect())
+    }
+}
+
+/// The queue runner of `umail serve` and `umail bench delivery`: routing
+/// and pipeline settings from `config`, DKIM keys from the store.
+pub fn runner(config: &Config, store: Store, services: Services) -> Result<QueueRunner> {
+    Ok(QueueRunner::from_config(services, config)?.with_dkim_keys(Arc::new(StoreDkimKeys(store))))
 }
 
 /// Starts the queue runner of `umail serve`.
 pub fn spawn_runner(config: &Config, store: Store, services: Services, shutdown: Shutdown) {
-    let router = match router(config) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(target: "queue", error = %e, "outbound delivery disabled");
-            return;
+    match runner(config, store, services) {
+        Ok(runner) => {
+            runner.spawn(shutdown);
         }
-    };
-    let runner = Arc::new(runner::Runner::new(
-        services,
-        store,
-        router,
-        config.delivery.clone(),
-    ));
-    tokio::spawn(runner.run(shutdown));
+        Err(e) => tracing::error!(target: "queue", error = %e, "outbound delivery disabled"),
+    }
 }
 
 #[cfg(test)]
