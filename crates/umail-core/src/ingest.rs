@@ -12,7 +12,8 @@
 //! 1. **Loop detection**: more `Received` fields in the message as it
 //!    arrived than `max_received_headers` refuses it (`554 5.4.6`,
 //!    RFC 5321 §6.3). SMTP also counts while the data streams in, to
-//!    refuse early; this check covers every source.
+//!    refuse early; this check covers every source but queue retries
+//!    (counted when they entered).
 //! 2. **Recipient expansion** ([`Ingest::expand`]): aliases and lists
 //!    (with their posting permissions) are followed to local accounts and
 //!    remote addresses, bounded in depth ([`MAX_EXPANSION_DEPTH`]) and
@@ -668,8 +669,11 @@ impl Ingest {
         let id_text = id.to_string();
 
         // 1. Loop detection (RFC 5321 §6.3).
+        // A queued copy was counted when it entered, and carries this hop's
+        // own `Received` since: counting it again would bounce a message
+        // accepted with exactly the maximum.
         let hops = count_received(&content);
-        if hops > self.settings.max_received_headers {
+        if source != Source::QueueRetry && hops > self.settings.max_received_headers {
             tracing::warn!(target: "filter", %source, id = %id_text, hops, "mail loop suspected; refused");
             return IngestReport::refused(
                 id,

@@ -286,6 +286,18 @@ async fn loops_are_refused_for_every_source() {
         assert_eq!(report.refusal.unwrap().enhanced.as_deref(), Some("5.4.6"));
         assert!(w.filter.seen().is_empty(), "refused before any filter");
     }
+    // A queued copy carries this hop's own Received on top of what was
+    // counted when it entered: it is not refused on retry.
+    let w = world(Recorder::new(None, None));
+    let report = w
+        .ingest
+        .ingest(Incoming::new(
+            Source::QueueRetry,
+            envelope("a@remote.example", &[ALICE]),
+            looped,
+        ))
+        .await;
+    assert!(report.accepted(), "{report:?}");
 }
 
 #[tokio::test]

@@ -260,8 +260,28 @@ impl Runner {
         }
     }
 
-    async fn process(&self, mut entry: QueueEntry) {
+    async fn process(&self, stale: QueueEntry) {
         let q = &self.services.queue;
+        // `due()` read the entry before this slot claimed it: a delivery of
+        // the same entry may have finished in between (and freed its
+        // claim), leaving this copy showing delivered recipients as still
+        // pending. Work only on the entry as it is now.
+        let mut entry = match q.get(stale.id).await {
+            Ok(Some(e))
+                if matches!(e.state, QueueState::Active | QueueState::Deferred)
+                    && e.next_attempt <= umail_core::unix_now() =>
+            {
+                e
+            }
+            Ok(_) => {
+                tracing::debug!(target: "queue", id = %stale.id, "entry changed since it was found due; skipped");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(target: "queue", id = %stale.id, error = %e, "cannot read queue entry");
+                return;
+            }
+        };
         let message = match q.content(entry.id).await {
             Ok(Some(m)) => m,
             Ok(None) => {
@@ -930,7 +950,7 @@ mod tests {
     use umail_core::ingest::IngestSettings;
     use umail_core::lockout::AuthLockout;
     use umail_core::memory::{MemoryDirectory, MemoryMailStore, MemoryQueue};
-    use umail_core::{EnqueueOptions, FilterChain, Priority, QueueStore};
+    use umail_core::{EnqueueOptions, FilterChain, MailStore, Priority, QueueStore};
 
     use crate::routing::{DnsError, DnsLookup};
 
@@ -965,6 +985,62 @@ mod tests {
             cfg,
             None,
         )
+    }
+
+    /// A stale copy of an entry (read by `due()` before an earlier pass
+    /// finished with it) must not deliver again what that pass delivered.
+    #[tokio::test]
+    async fn a_stale_due_copy_never_delivers_twice() {
+        let queue = Arc::new(MemoryQueue::new());
+        let directory = Arc::new(MemoryDirectory::new());
+        directory.add_user("bob@example.com", "pw");
+        let store = Arc::new(MemoryMailStore::new());
+        let services = Services {
+            directory,
+            store: store.clone(),
+            queue: queue.clone(),
+            filter: Arc::new(FilterChain::new()),
+            lockout: Arc::new(AuthLockout::new(&SecurityConfig::default())),
+            hostname: "mx.example.com".into(),
+        };
+        let runner = Runner::new(
+            Ingest::new(services, IngestSettings::default()),
+            Router::new(Vec::new(), None, Arc::new(NoDns)),
+            DeliveryConfig::default(),
+            None,
+        );
+        let mut env = Envelope::new(ReversePath::Address("alice@example.com".parse().unwrap()));
+        env.recipients
+            .push(Recipient::new("bob@example.com".parse().unwrap()));
+        // Remote, and DNS fails temporarily: the entry is rescheduled.
+        env.recipients
+            .push(Recipient::new("carol@remote.test".parse().unwrap()));
+        let now = umail_core::unix_now();
+        let id = queue
+            .enqueue(env, Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n"), now)
+            .await
+            .unwrap();
+        let stale = queue.get(id).await.unwrap().unwrap();
+        runner.process(stale.clone()).await;
+        let after = queue.get(id).await.unwrap().unwrap();
+        assert!(matches!(after.status[0], RecipientStatus::Delivered { .. }));
+        assert_eq!(after.state, QueueState::Deferred);
+        // The stale copy still shows bob pending.
+        runner.process(stale).await;
+        let inbox = store
+            .mailbox("bob@example.com", INBOX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store
+                .messages("bob@example.com", inbox.id)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "bob got the message twice"
+        );
     }
 
     /// A queued message from alice with a failed and a deferred recipient
